@@ -1,0 +1,28 @@
+"""The one small interface every device implements, real or middleware."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Device(Protocol):
+    """A source and sink of whole IPv4 packets.
+
+    `fileno()` is a pollable fd (or None when the device is driven only by
+    deadlines); `receive_batch` never blocks and returns [] when nothing is
+    ready; `next_deadline()` lets middleware that holds packets back (delay,
+    reordering) ask the driver to call again at a monotonic time.
+    """
+
+    mtu: int
+
+    def fileno(self) -> int | None: ...
+
+    def receive_batch(self, max_packets: int = 64) -> list[bytes]: ...
+
+    def send_batch(self, packets: list[bytes]) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def close(self) -> None: ...

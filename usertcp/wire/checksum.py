@@ -1,0 +1,64 @@
+"""The Internet checksum (RFC 1071) without a per-byte Python loop.
+
+Because 2**16 == 1 (mod 0xFFFF), a buffer read as one big-endian integer is
+congruent to the sum of its 16-bit words, so `int.from_bytes(buf) % 0xFFFF`
+is the one's-complement sum, folded (about 5x faster than summing words; see
+scripts/bench_checksum.py). Pieces that start at even offsets can be summed
+separately and added, which lets callers skip concatenating headers and payload.
+"""
+
+from __future__ import annotations
+
+_from = int.from_bytes
+_M6144, _M3072, _M1536, _M768 = ((1 << k) - 1 for k in (6144, 3072, 1536, 768))
+
+
+def reduce(x: int) -> int:
+    """x mod 0xFFFF for a large non-negative x.
+
+    A long division by 0xFFFF walks every 30-bit digit; folding x onto itself
+    at 16-bit-multiple boundaries (x = hi * 2**k + lo == hi + lo, mod 0xFFFF)
+    first is about twice as fast for packet-sized numbers.
+    """
+    bits = x.bit_length()
+    if bits <= 1024:
+        return x % 0xFFFF
+    while bits > 12288:  # beyond one MTU-sized packet: halve until it fits
+        k = (bits >> 5) << 4
+        x = (x >> k) + (x & ((1 << k) - 1))
+        bits = x.bit_length()
+    x = (x >> 6144) + (x & _M6144)
+    x = (x >> 3072) + (x & _M3072)
+    x = (x >> 1536) + (x & _M1536)
+    x = (x >> 768) + (x & _M768)
+    return x % 0xFFFF
+
+
+def word_sum(data) -> int:
+    """Sum of the 16-bit words of `data` (zero-padded when odd), mod 0xFFFF."""
+    if len(data) & 1:
+        return reduce(_from(data, "big") << 8)
+    return reduce(_from(data, "big"))
+
+
+def finish(total: int) -> int:
+    """Turn an unreduced word sum into the checksum field value."""
+    total = reduce(total)
+    # A nonzero buffer whose words sum to a multiple of 0xFFFF has a true
+    # one's-complement sum of 0xFFFF, whose complement is 0.
+    return 0xFFFF - total if total else 0
+
+
+def internet_checksum(data) -> int:
+    """Checksum field value for `data` (computed with the field zeroed)."""
+    return finish(word_sum(data))
+
+
+def pseudo_header_sum(src: int, dst: int, protocol: int, length: int) -> int:
+    """Unreduced word sum of the IPv4 pseudo-header (addresses as 32-bit ints)."""
+    return (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + protocol + length
+
+
+def verify(total: int) -> bool:
+    """True when an unreduced sum that includes the checksum field is valid."""
+    return reduce(total) == 0
