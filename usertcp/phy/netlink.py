@@ -1,0 +1,122 @@
+"""Kernel-side configuration of the TUN link over rtnetlink (pyroute2).
+
+pytun-pmd3's address setters are IPv6-only, so IPv4 goes through netlink.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+from typing import TYPE_CHECKING
+
+from .errors import (
+    AddressInUse,
+    DeviceError,
+    InvalidAddress,
+    check_mtu,
+    permission_denied,
+)
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute, NetlinkError
+
+
+def parse_host_address(text: object) -> ipaddress.IPv4Interface:
+    """Parse "10.7.0.1/24": the kernel's address and the on-link subnet."""
+    example = "expected an IPv4 address with a prefix length, e.g. 10.7.0.1/24"
+    if not isinstance(text, str) or "/" not in text:
+        raise InvalidAddress(f"malformed address {text!r}: {example}")
+    try:
+        iface = ipaddress.IPv4Interface(text.strip())
+    except ValueError:
+        raise InvalidAddress(f"malformed address {text!r}: {example}") from None
+    ip, net = iface.ip, iface.network
+    # /32 leaves no on-link peer for the userspace stack; /0 would swallow every route.
+    if not 1 <= net.prefixlen <= 31:
+        raise InvalidAddress(f"address {text!r}: the prefix length must be from 1 to 31")
+    if net.prefixlen <= 30 and ip in (net.network_address, net.broadcast_address):
+        raise InvalidAddress(f"address {text!r} is the network or broadcast address of {net}")
+    if ip.is_loopback or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+        raise InvalidAddress(f"address {text!r} cannot be assigned to an interface")
+    return iface
+
+
+def _owner_of(ipr: IPRoute, ip: str, exclude_index: int) -> str | None:
+    for msg in ipr.get_addr(family=socket.AF_INET):
+        local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if local == ip and msg["index"] != exclude_index:
+            links = ipr.get_links(msg["index"])
+            return links[0].get_attr("IFLA_IFNAME") if links else f"#{msg['index']}"
+    return None
+
+
+def _has_address(ipr: IPRoute, index: int, iface: ipaddress.IPv4Interface) -> bool:
+    for msg in ipr.get_addr(family=socket.AF_INET, index=index):
+        local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if local == str(iface.ip) and msg["prefixlen"] == iface.network.prefixlen:
+            return True
+    return False
+
+
+def _index(ipr: IPRoute, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise DeviceError(f"interface {ifname!r} does not exist", errno=errno.ENODEV)
+    return found[0]
+
+
+def configure_host_side(ifname: str, host_address: str, mtu: int) -> ipaddress.IPv4Interface:
+    """Set the MTU, add the kernel's IPv4 address and bring `ifname` up.
+
+    Idempotent for an address already on `ifname`; refuses an address that
+    another interface in this network namespace already holds.
+    """
+    iface = parse_host_address(host_address)
+    check_mtu(mtu)
+    from pyroute2 import IPRoute, NetlinkError  # lazy: importing pyroute2 costs ~0.1 s
+
+    try:
+        with IPRoute() as ipr:
+            index = _index(ipr, ifname)
+            owner = _owner_of(ipr, str(iface.ip), index)
+            if owner is not None:
+                raise AddressInUse(
+                    f"address {iface.ip} is already in use on interface {owner!r}; "
+                    f"choose another subnet",
+                    errno=errno.EADDRINUSE,
+                )
+            ipr.link("set", index=index, mtu=mtu)
+            if not _has_address(ipr, index, iface):
+                ipr.addr(
+                    "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
+                )
+            ipr.link("set", index=index, state="up")
+    except NetlinkError as exc:
+        raise _netlink_error(exc, f"cannot configure {ifname!r} with {host_address}") from None
+    return iface
+
+
+def remove_device(ifname: str) -> bool:
+    """Delete `ifname` if it exists (e.g. a leftover persistent TUN); True if deleted."""
+    from pyroute2 import IPRoute, NetlinkError
+
+    try:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                return False
+            ipr.link("del", index=found[0])
+            return True
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:  # vanished meanwhile, e.g. its fd closed
+            return False
+        raise _netlink_error(exc, f"cannot remove {ifname!r}") from None
+
+
+def _netlink_error(exc: NetlinkError, what: str) -> DeviceError:
+    code = exc.code
+    if code in (errno.EPERM, errno.EACCES):
+        return permission_denied(what, code)
+    return DeviceError(f"{what}: {os.strerror(code) if code else exc}", errno=code)

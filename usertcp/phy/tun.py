@@ -1,0 +1,162 @@
+"""A Linux TUN device (IFF_TUN | IFF_NO_PI) over pytun-pmd3, non-blocking."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+
+from pytun_pmd3 import TunTapDevice
+from pytun_pmd3.linux import IFF_NO_PI, IFF_TUN
+
+from .errors import (
+    DeviceError,
+    InvalidName,
+    NameTaken,
+    TunUnavailable,
+    check_mtu,
+    permission_denied,
+)
+
+TUN_PATH = "/dev/net/tun"
+IFNAMSIZ = 16  # kernel buffer size, including the trailing NUL
+# Stricter than the kernel (which also takes '%' patterns and most
+# punctuation) so names stay safe to paste into shell commands.
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# Any IPv4 packet fits; read cost does not depend on this size.
+_READ_SIZE = 65536
+# Per-packet write failures: queue full, or the kernel rejects the packet
+# (EINVAL: not IPv4/IPv6, e.g. after fault injection). A link drops these.
+_TX_DROP_ERRNOS = {errno.EAGAIN, errno.ENOBUFS, errno.EINVAL, errno.EMSGSIZE}
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidName(f"invalid interface name {name!r}: it must be a non-empty string")
+    if len(name.encode()) >= IFNAMSIZ:
+        raise InvalidName(
+            f"interface name {name!r} is too long: at most {IFNAMSIZ - 1} characters"
+        )
+    if name in (".", "..") or not _NAME_RE.fullmatch(name):
+        raise InvalidName(
+            f"invalid interface name {name!r}: use only letters, digits, '-', '_' and '.'"
+        )
+    return name
+
+
+def _open_error(exc: OSError, name: str) -> DeviceError:
+    code = exc.errno
+    if code in (errno.EPERM, errno.EACCES):
+        return permission_denied(f"cannot create TUN device {name!r}", code)
+    if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
+        return TunUnavailable(
+            f"{TUN_PATH} is not usable ({os.strerror(code)}): load the tun module "
+            f"(modprobe tun) or, in a container, pass the device through",
+            errno=code,
+        )
+    if code == errno.EBUSY:
+        return NameTaken(
+            f"interface {name!r} is already attached to another process; choose another name",
+            errno=code,
+        )
+    if code == errno.EINVAL and _link_exists(name):
+        return NameTaken(
+            f"interface {name!r} already exists and is not a TUN device; choose another name",
+            errno=code,
+        )
+    return DeviceError(f"cannot create TUN device {name!r}: {os.strerror(code or 0)}", errno=code)
+
+
+def _link_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+class TunDevice:
+    """The kernel-facing device: each read or write is one whole IPv4 packet.
+
+    The interface disappears when the device is closed (it is not persistent).
+    Its kernel-side address and link state are set by `netlink.configure_host_side`.
+    """
+
+    def __init__(self, name: str = "utcp0", mtu: int = 1500) -> None:
+        validate_name(name)
+        check_mtu(mtu)
+        if not os.path.exists(TUN_PATH):
+            raise TunUnavailable(
+                f"{TUN_PATH} does not exist: load the tun module (modprobe tun) or, "
+                f"in a container, pass the device through (e.g. --device {TUN_PATH})",
+                errno=errno.ENOENT,
+            )
+        try:
+            # pytun-pmd3 raises PytunError (an OSError) from the ioctl and a
+            # plain OSError from opening /dev/net/tun; both carry errno.
+            self._tun = TunTapDevice(name=name, flags=IFF_TUN | IFF_NO_PI)
+        except OSError as exc:
+            raise _open_error(exc, name) from None
+        self._fd: int | None = self._tun.fileno()
+        try:
+            os.set_blocking(self._fd, False)
+            # Kernel MTU must match ours, or the kernel sends packets we reject.
+            self._tun.mtu = mtu
+        except OSError as exc:
+            self.close()
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                raise permission_denied(f"cannot set the MTU of {name!r}", exc.errno) from None
+            raise DeviceError(
+                f"cannot set MTU {mtu} on {name!r}: {os.strerror(exc.errno or 0)}", errno=exc.errno
+            ) from None
+        self.name: str = self._tun.name
+        self.mtu = mtu
+        self.tx_dropped = 0
+
+    def fileno(self) -> int | None:
+        return self._fd
+
+    def receive_batch(self, max_packets: int = 64) -> list[bytes]:
+        fd = self._fd
+        if fd is None:
+            return []
+        packets: list[bytes] = []
+        read = os.read
+        try:
+            while len(packets) < max_packets:
+                packets.append(read(fd, _READ_SIZE))
+        except BlockingIOError:
+            pass
+        return packets
+
+    def send_batch(self, packets: list[bytes]) -> None:
+        fd = self._fd
+        if fd is None:
+            self.tx_dropped += len(packets)
+            return
+        write = os.write
+        for packet in packets:
+            try:
+                write(fd, packet)
+            except OSError as exc:
+                if exc.errno not in _TX_DROP_ERRNOS:
+                    raise
+                self.tx_dropped += 1
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self._fd = None
+            self._tun.close()
+
+    def __enter__(self) -> TunDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TunDevice(name={self.name!r}, mtu={self.mtu}, fd={self._fd})"

@@ -1,0 +1,397 @@
+"""The whole TCP/IPv4 stack for one address, as a pure object.
+
+Packets in (`receive`), packets out (`packets_to_send`), time passed in, timers
+run by the caller (`next_deadline`, `handle_timers`), and events out
+(`next_event`). No I/O, no clock, no tasks: see ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter, deque
+
+from .tcp import events as ev
+from .tcp.config import TcpConfig
+from .tcp.connection import Connection
+from .tcp.errors import ConnectionNotWritable, NoFreePort, PortInUse, UnknownConnection
+from .tcp.isn import initial_sequence_number
+from .tcp.listener import Listener
+from .tcp.seq import MASK
+from .tcp.state import CAN_SEND, State
+from .tcp.timewait import TimeWait
+from .wire.errors import DropReason, MalformedPacket
+from .wire.icmp import echo_reply_for
+from .wire.ipv4 import PROTO_ICMP, addr_to_int, int_to_addr
+from .wire.packet import parse_packet
+from .wire.tcp import ACK, FIN, RST, SYN, Segment, build_segment
+
+__all__ = ["Stack", "TcpConfig", "State"]
+
+
+class Stack:
+    def __init__(self, address, *, config: TcpConfig | None = None):
+        self.address = addr_to_int(address)
+        self.address_str = int_to_addr(self.address)
+        self.config = config or TcpConfig()
+        self.out: list[bytes] = []
+        self.dirty: list[Connection] = []
+        self.counters: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()  # by DropReason value
+        self._events: deque = deque()
+        self._conns: dict[tuple[int, int, int], Connection | TimeWait] = {}
+        self._by_id: dict[int, Connection | TimeWait] = {}
+        self._listeners: dict[int, Listener] = {}
+        self._timers: list = []  # heap of (deadline, tiebreak, connection or TIME-WAIT entry)
+        self._tiebreak = itertools.count()
+        self._ids = itertools.count(1)
+        lo, hi = self.config.ephemeral_ports
+        self._next_port = lo + (initial_sequence_number(self.config.isn_secret, 0, 0, 0, 0, 0)
+                                % (hi - lo + 1))
+        self._awaiting_accept: dict[int, Connection] = {}  # ConnectionAccepted not yet taken
+        self._challenge_second = -1
+        self._challenge_count = 0
+
+    # ------------------------------------------------------------ packets
+
+    def receive(self, packet, now: float, *, checksum_verified: bool = False) -> None:
+        """Take one IPv4 packet from the device. Never raises for bad input."""
+        try:
+            seg = parse_packet(packet, not checksum_verified)
+        except MalformedPacket as exc:
+            self.drops[exc.reason.value] += 1
+            return
+        if seg.dst != self.address:
+            self.drops[DropReason.NOT_FOR_US.value] += 1
+            return
+        if type(seg) is not Segment:
+            self._receive_other(packet, seg)
+            return
+        conn = self._conns.get((seg.src, seg.sport, seg.dport))
+        if conn is None:
+            listener = self._listeners.get(seg.dport)
+            if listener is None:
+                self.counters["rx_closed_port"] += 1
+                self.send_reset_for(seg, now)
+            else:
+                self._on_listen(listener, seg, now)
+            return
+        if type(conn) is TimeWait:
+            if seg.flags & SYN and not seg.flags & ACK and self._may_reuse(conn, seg):
+                self.counters["time_wait_reused"] += 1
+                self._drop_time_wait(conn)
+                self.receive(packet, now, checksum_verified=True)
+                return
+            conn.on_segment(seg, now)
+            return
+        conn.on_segment(seg, now)
+        if conn.state is not State.CLOSED:
+            self._arm(conn)
+
+    def _receive_other(self, packet, ip) -> None:
+        if ip.protocol != PROTO_ICMP:
+            self.drops[DropReason.UNSUPPORTED_PROTOCOL.value] += 1
+            return
+        try:
+            self.out.append(echo_reply_for(packet, ip))
+            self.counters["icmp_echo_replies"] += 1
+        except MalformedPacket as exc:
+            self.drops[exc.reason.value] += 1
+
+    def packets_to_send(self, now: float) -> list[bytes]:
+        """Everything to write to the device now; the list is the caller's."""
+        dirty = self.dirty
+        if dirty:
+            self.dirty = []
+            for conn in dirty:
+                if conn.state is not State.CLOSED:
+                    conn.output(now)
+                    self._arm(conn)
+                else:
+                    conn.dirty = False
+        out = self.out
+        self.out = []
+        return out
+
+    # ------------------------------------------------------------ opening
+
+    def listen(self, port: int, backlog: int | None = None) -> None:
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} out of range 1..65535")
+        if port in self._listeners:
+            raise PortInUse(f"port {port} is already listening")
+        cfg = self.config
+        self._listeners[port] = Listener(port, backlog if backlog is not None else cfg.backlog,
+                                         cfg.syn_backlog)
+
+    def unlisten(self, port: int) -> None:
+        """Stop accepting on `port`; established connections are not touched."""
+        self._listeners.pop(port, None)
+
+    def connect(self, remote_address, remote_port: int, now: float,
+                local_port: int | None = None) -> int:
+        remote = addr_to_int(remote_address)
+        if not 0 < remote_port < 65536:
+            raise ValueError(f"port {remote_port} out of range 1..65535")
+        if local_port is None:
+            local_port = self._ephemeral_port(remote, remote_port)
+        elif (remote, remote_port, local_port) in self._conns:
+            raise PortInUse(f"{self.address_str}:{local_port} -> "
+                            f"{int_to_addr(remote)}:{remote_port} is in use")
+        conn = self._new_connection(local_port, remote, remote_port, now)
+        conn.open_active(now)
+        self._arm(conn)
+        return conn.id
+
+    def _ephemeral_port(self, remote: int, rport: int) -> int:
+        lo, hi = self.config.ephemeral_ports
+        span = hi - lo + 1
+        for _ in range(span):
+            port = self._next_port
+            self._next_port = lo + (port - lo + 1) % span
+            if (remote, rport, port) not in self._conns and port not in self._listeners:
+                return port
+        raise NoFreePort(f"no free local port for {int_to_addr(remote)}:{rport}")
+
+    def _new_connection(self, lport: int, remote: int, rport: int, now: float,
+                        listener: Listener | None = None) -> Connection:
+        iss = initial_sequence_number(self.config.isn_secret, self.address, lport, remote, rport,
+                                      now)
+        conn = Connection(self, next(self._ids), lport, remote, rport, iss, now, listener)
+        self._conns[conn.key] = conn
+        self._by_id[conn.id] = conn
+        return conn
+
+    def _on_listen(self, listener: Listener, seg: Segment, now: float) -> None:
+        """RFC 9293 3.10.7.2, LISTEN."""
+        flags = seg.flags
+        if flags & RST:
+            return
+        if flags & ACK:
+            self.send_reset_for(seg, now)
+            return
+        if not flags & SYN:
+            return
+        if not listener.has_room():
+            # Dropped, not refused: the client retransmits and may find room then.
+            self.counters["listen_overflow"] += 1
+            return
+        listener.half_open += 1
+        conn = self._new_connection(seg.dport, seg.src, seg.sport, now, listener)
+        conn.open_passive(seg, now)
+        self._arm(conn)
+
+    def _may_reuse(self, tw: TimeWait, seg: Segment) -> bool:
+        # RFC 6191 without timestamps: a SYN beyond the old connection's sequence space.
+        return (seg.dport in self._listeners
+                and 0 < ((seg.seq - tw.rcv_nxt) & MASK) < (1 << 31))
+
+    # ------------------------------------------------------------ application calls
+
+    def _get(self, conn_id: int) -> Connection:
+        conn = self._by_id.get(conn_id)
+        if conn is None or type(conn) is TimeWait:
+            raise UnknownConnection(conn_id)
+        return conn
+
+    def send(self, conn_id: int, data, now: float) -> int:
+        """Queue data; returns how much fit in the send buffer."""
+        conn = self._get(conn_id)
+        if conn.state not in CAN_SEND or conn.fin_queued:
+            raise ConnectionNotWritable(f"connection {conn_id} is {conn.state} and not writable"
+                                        + (" (shut down)" if conn.fin_queued else ""))
+        return conn.send(data, now)
+
+    def send_space(self, conn_id: int) -> int:
+        return self._get(conn_id).send_space()
+
+    def recv(self, conn_id: int, max_bytes: int = -1) -> bytes:
+        conn = self._by_id.get(conn_id)
+        if conn is None or type(conn) is TimeWait:
+            return b""
+        return conn.recv(max_bytes)
+
+    def shutdown(self, conn_id: int, now: float) -> None:
+        conn = self._get(conn_id)
+        conn.shutdown(now)
+        self._after_call(conn)
+
+    def close(self, conn_id: int, now: float) -> None:
+        conn = self._by_id.get(conn_id)
+        if conn is None or type(conn) is TimeWait:
+            return
+        conn.close(now)
+        self._after_call(conn)
+
+    def abort(self, conn_id: int, now: float) -> None:
+        conn = self._by_id.get(conn_id)
+        if conn is None or type(conn) is TimeWait:
+            return
+        conn.abort(now)
+
+    def set_nodelay(self, conn_id: int, nodelay: bool) -> None:
+        self._get(conn_id).nodelay = nodelay
+
+    def _after_call(self, conn: Connection) -> None:
+        if conn.state is not State.CLOSED:
+            self._arm(conn)
+
+    # ------------------------------------------------------------ timers
+
+    def _arm(self, obj) -> None:
+        """Make sure the heap holds an entry no later than obj's next deadline.
+
+        A deadline that moves later keeps its early entry: when that fires,
+        on_timer finds nothing due and the entry is pushed again. That keeps
+        the per-ACK cost of re-arming the retransmission timer at nothing.
+        """
+        d = obj.next_deadline()
+        if d is not None and (obj.armed is None or d < obj.armed):
+            obj.armed = d
+            heapq.heappush(self._timers, (d, next(self._tiebreak), obj))
+
+    def next_deadline(self) -> float | None:
+        timers = self._timers
+        while timers and timers[0][2].armed != timers[0][0]:
+            heapq.heappop(timers)  # stale: re-armed earlier or finished
+        return timers[0][0] if timers else None
+
+    def handle_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            deadline, _, obj = heapq.heappop(timers)
+            if obj.armed != deadline:
+                continue
+            obj.armed = None
+            obj.on_timer(now)
+            if obj.state is not State.CLOSED and self._by_id.get(obj.id) is obj:
+                self._arm(obj)
+
+    # ------------------------------------------------------------ events and state
+
+    def next_event(self):
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        if type(event) is ev.ConnectionAccepted:
+            conn = self._awaiting_accept.pop(event.conn_id, None)
+            if conn is not None:
+                conn.listener.accept_queue -= 1
+        return event
+
+    def state(self, conn_id: int) -> State:
+        conn = self._by_id.get(conn_id)
+        return State.CLOSED if conn is None else conn.state
+
+    def connections(self, now: float = 0.0) -> list[dict]:
+        """A snapshot for tools: 4-tuple, state, queues, timers, RTT."""
+        rows = []
+        for conn in self._by_id.values():
+            row = conn.info(now)
+            row["local"] = (self.address_str, conn.lport)
+            row["remote"] = (int_to_addr(conn.remote), conn.rport)
+            rows.append(row)
+        for port, listener in self._listeners.items():
+            rows.append({"conn_id": None, "state": str(State.LISTEN),
+                         "local": (self.address_str, port), "remote": ("0.0.0.0", 0),
+                         "half_open": listener.half_open, "accept_queue": listener.accept_queue,
+                         "backlog": listener.backlog})
+        return rows
+
+    # ------------------------------------------------------------ for connections (Host)
+
+    def emit(self, event) -> None:
+        self._events.append(event)
+
+    def count(self, name: str) -> None:
+        self.counters[name] += 1
+
+    def state_changed(self, conn, old: State, new: State, cause: str, now: float) -> None:
+        self._events.append(ev.StateChanged(
+            conn.id, old, new, cause, (self.address_str, conn.lport),
+            (int_to_addr(conn.remote), conn.rport), conn.snd_nxt, conn.rcv_nxt, now))
+
+    def challenge_ack_allowed(self, now: float) -> bool:
+        second = int(now)
+        if second != self._challenge_second:
+            self._challenge_second = second
+            self._challenge_count = 0
+        if self._challenge_count >= self.config.challenge_ack_limit:
+            self.counters["challenge_acks_suppressed"] += 1
+            return False
+        self._challenge_count += 1
+        self.counters["challenge_acks"] += 1
+        return True
+
+    def send_reset_for(self, seg: Segment, now: float) -> None:
+        """RFC 9293 3.10.7.1: the reset that answers a segment nobody owns."""
+        flags = seg.flags
+        if flags & RST:
+            return
+        if flags & ACK:
+            seq, ack, rflags = seg.ack, 0, RST
+        else:
+            seq = 0
+            ack = (seg.seq + len(seg.payload) + (1 if flags & SYN else 0)
+                   + (1 if flags & FIN else 0)) & MASK
+            rflags = RST | ACK
+        self.counters["resets_sent"] += 1
+        cfg = self.config
+        self.out.append(build_segment(self.address, seg.src, seg.dport, seg.sport, seq, ack,
+                                      rflags, 0, ttl=cfg.ttl,
+                                      csum_offload=cfg.tx_checksum_offload))
+
+    def accepted(self, conn: Connection) -> None:
+        listener = conn.listener
+        listener.half_open -= 1
+        listener.accept_queue += 1
+        conn.accepted = True
+        self._awaiting_accept[conn.id] = conn
+        self._events.append(ev.ConnectionAccepted(conn.id, conn.lport,
+                                                  (int_to_addr(conn.remote), conn.rport)))
+
+    def enter_time_wait(self, conn: Connection, cause: str, now: float) -> None:
+        if conn.ack_now or conn.unacked_segments:
+            conn._xmit(ACK, conn.snd_nxt)  # the ACK of the peer's FIN goes before the swap
+        conn.rto_at = conn.delack_at = conn.persist_at = conn.fin_wait_2_at = None
+        conn.armed = None
+        conn._set_state(State.TIME_WAIT, cause, now)
+        tw = TimeWait(self, conn, now)
+        self._conns[tw.key] = tw
+        self._by_id[tw.id] = tw
+        self._events.append(ev.ConnectionClosed(conn.id))
+        self.counters["time_wait_entered"] += 1
+        self._arm(tw)
+
+    def time_wait_expired(self, tw: TimeWait, now: float) -> None:
+        self._drop_time_wait(tw)
+        self.state_changed(tw, State.TIME_WAIT, State.CLOSED, "2msl timeout", now)
+
+    def _drop_time_wait(self, tw: TimeWait) -> None:
+        tw.armed = None
+        if self._conns.get(tw.key) is tw:
+            del self._conns[tw.key]
+        if self._by_id.get(tw.id) is tw:
+            del self._by_id[tw.id]
+
+    def forget(self, conn: Connection, event) -> None:
+        conn.armed = None
+        if self._conns.get(conn.key) is conn:
+            del self._conns[conn.key]
+        if self._by_id.get(conn.id) is conn:
+            del self._by_id[conn.id]
+        listener = conn.listener
+        if listener is not None:
+            if not conn.accepted:
+                listener.half_open -= 1
+            elif self._awaiting_accept.pop(conn.id, None) is not None:
+                listener.accept_queue -= 1
+        if event is not None:
+            self._events.append(event)
+
+    def time_wait_count(self) -> int:
+        return sum(1 for c in self._by_id.values() if type(c) is TimeWait)
+
+    def __repr__(self) -> str:
+        return f"<Stack {self.address_str} connections={len(self._by_id)}>"
+

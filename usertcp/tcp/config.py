@@ -1,0 +1,56 @@
+"""Tunables of the engine. Defaults follow Linux where the RFCs leave a choice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TcpConfig:
+    mss: int = 1460  # what we advertise; the driver clamps it to MTU - 40
+    msl: float = 30.0  # TIME-WAIT lasts 2 * msl
+    send_buffer: int = 256 * 1024
+    receive_buffer: int = 256 * 1024
+    initial_window: int = 10  # segments (RFC 6928)
+    rto_initial: float = 1.0  # RFC 6298
+    rto_min: float = 0.2  # Linux TCP_RTO_MIN
+    rto_max: float = 120.0
+    syn_retries: int = 6  # SYN-SENT gives up after these (1, 3, 7, ... 127 s)
+    synack_retries: int = 5
+    retries: int = 15  # data retransmissions before ConnectionTimedOut
+    backlog: int = 128  # accept queue per listener, by default
+    syn_backlog: int = 256  # SYN-RECEIVED entries per listener
+    delayed_ack: bool = True
+    delayed_ack_timeout: float = 0.04  # at most 0.2 (RFC 1122); Linux's minimum is 40 ms
+    nagle: bool = True
+    window_scale: bool = True  # offer RFC 7323 window scaling
+    fin_wait_2_timeout: float = 60.0  # for connections the application has closed
+    challenge_ack_limit: int = 1000  # per second, stack-wide (RFC 5961 7)
+    ephemeral_ports: tuple[int, int] = (32768, 60999)
+    isn_secret: bytes = b""  # the driver supplies random bytes; empty is for tests
+    tx_checksum_offload: bool = False  # leave the TCP checksum to the device
+    ttl: int = 64
+
+    def __post_init__(self) -> None:
+        if not 88 <= self.mss <= 65495:
+            raise ValueError(f"mss {self.mss} out of range 88..65495")
+        if self.msl < 0:
+            raise ValueError("msl must be >= 0")
+        if not 0 < self.delayed_ack_timeout <= 0.2:
+            raise ValueError("delayed_ack_timeout must be in (0, 0.2]")
+        if not 0 < self.rto_min <= self.rto_initial <= self.rto_max:
+            raise ValueError("need 0 < rto_min <= rto_initial <= rto_max")
+        if self.send_buffer < 1 or self.receive_buffer < 1:
+            raise ValueError("buffers must be positive")
+        if self.receive_buffer > (65535 << 14):
+            raise ValueError("receive_buffer exceeds the largest scaled window")
+
+    @property
+    def rcv_wscale(self) -> int:
+        """The shift we offer: the smallest that fits the receive buffer."""
+        if not self.window_scale:
+            return 0
+        shift = 0
+        while (self.receive_buffer >> shift) > 65535:
+            shift += 1
+        return shift

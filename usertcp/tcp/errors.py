@@ -1,0 +1,25 @@
+"""Errors raised to callers of the engine's API (never for peer input)."""
+
+
+class TcpError(Exception):
+    """Base class for misuse of the engine's API."""
+
+
+class UnknownConnection(TcpError, KeyError):
+    def __init__(self, conn_id):
+        super().__init__(f"no connection with id {conn_id}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class ConnectionNotWritable(TcpError):
+    """send() after shutdown/close, or on a connection that has ended."""
+
+
+class PortInUse(TcpError):
+    pass
+
+
+class NoFreePort(TcpError):
+    pass

@@ -1,0 +1,61 @@
+"""TIME-WAIT as a small entry: no buffers, a few numbers and a deadline."""
+
+from __future__ import annotations
+
+from ..wire.tcp import ACK, FIN, RST, SYN, Segment, build_segment
+from .seq import MASK
+from .state import State
+
+
+class TimeWait:
+    """What is left of a connection for 2*MSL after it closed (RFC 9293 3.6)."""
+
+    __slots__ = ("host", "id", "key", "lport", "remote", "rport", "snd_nxt", "rcv_nxt",
+                 "window", "deadline", "armed")
+
+    state = State.TIME_WAIT
+
+    def __init__(self, host, conn, now: float):
+        self.host = host
+        self.id = conn.id
+        self.key = conn.key
+        self.lport = conn.lport
+        self.remote = conn.remote
+        self.rport = conn.rport
+        self.snd_nxt = conn.snd_nxt
+        self.rcv_nxt = conn.rcv_nxt
+        self.window = min(((conn.rcv_adv - conn.rcv_nxt) & MASK) >> conn.rcv_wscale, 65535)
+        self.deadline = now + 2 * host.config.msl
+        self.armed = None
+
+    def on_segment(self, seg: Segment, now: float) -> None:
+        flags = seg.flags
+        if flags & RST:
+            # RFC 1337: an RST must not cut TIME-WAIT short.
+            self.host.count("time_wait_rst_ignored")
+            return
+        if flags & FIN and ((seg.seq + len(seg.payload) + 1) & MASK) == self.rcv_nxt:
+            # The peer's FIN again: our last ACK was lost. ACK it and restart 2MSL.
+            self.host.count("time_wait_fin_reacked")
+            self.deadline = now + 2 * self.host.config.msl
+        elif flags & SYN:
+            return  # a SYN the stack did not take for reuse
+        self.ack()
+
+    def ack(self) -> None:
+        cfg = self.host.config
+        self.host.out.append(build_segment(
+            self.host.address, self.remote, self.lport, self.rport, self.snd_nxt, self.rcv_nxt,
+            ACK, self.window, ttl=cfg.ttl, csum_offload=cfg.tx_checksum_offload))
+
+    def next_deadline(self) -> float:
+        return self.deadline
+
+    def on_timer(self, now: float) -> None:
+        if now >= self.deadline:
+            self.host.time_wait_expired(self, now)
+
+    def info(self, now: float) -> dict:
+        return {"conn_id": self.id, "state": str(self.state), "snd_nxt": self.snd_nxt,
+                "rcv_nxt": self.rcv_nxt, "send_queue": 0, "recv_queue": 0,
+                "timers": {"time_wait": round(self.deadline - now, 6)}}
