@@ -49,6 +49,9 @@ class Stack:
         self._next_port = lo + (initial_sequence_number(self.config.isn_secret, 0, 0, 0, 0, 0)
                                 % (hi - lo + 1))
         self._awaiting_accept: dict[int, Connection] = {}  # ConnectionAccepted not yet taken
+        # Received data still unread when its connection ended gracefully: the
+        # application may read it after TIME-WAIT or CLOSED, as from a socket.
+        self._leftover: dict[int, bytearray] = {}
         self._challenge_second = -1
         self._challenge_count = 0
 
@@ -208,8 +211,26 @@ class Stack:
     def recv(self, conn_id: int, max_bytes: int = -1) -> bytes:
         conn = self._by_id.get(conn_id)
         if conn is None or type(conn) is TimeWait:
-            return b""
+            return self._recv_leftover(conn_id, max_bytes)
         return conn.recv(max_bytes)
+
+    def _recv_leftover(self, conn_id: int, max_bytes: int) -> bytes:
+        buf = self._leftover.get(conn_id)
+        if buf is None:
+            return b""
+        if max_bytes < 0 or max_bytes >= len(buf):
+            del self._leftover[conn_id]
+            return bytes(buf)
+        data = bytes(buf[:max_bytes])
+        del buf[:max_bytes]
+        return data
+
+    def recv_pending(self, conn_id: int) -> int:
+        """Bytes received and not yet read."""
+        conn = self._by_id.get(conn_id)
+        if conn is None or type(conn) is TimeWait:
+            return len(self._leftover.get(conn_id, b""))
+        return len(conn.rcvbuf)
 
     def shutdown(self, conn_id: int, now: float) -> None:
         conn = self._get(conn_id)
@@ -356,6 +377,8 @@ class Stack:
         conn.rto_at = conn.delack_at = conn.persist_at = conn.fin_wait_2_at = None
         conn.armed = None
         conn._set_state(State.TIME_WAIT, cause, now)
+        if conn.rcvbuf:
+            self._leftover[conn.id] = conn.rcvbuf
         tw = TimeWait(self, conn, now)
         self._conns[tw.key] = tw
         self._by_id[tw.id] = tw
@@ -380,6 +403,8 @@ class Stack:
             del self._conns[conn.key]
         if self._by_id.get(conn.id) is conn:
             del self._by_id[conn.id]
+        if conn.rcvbuf and type(event) is ev.ConnectionClosed:
+            self._leftover[conn.id] = conn.rcvbuf
         listener = conn.listener
         if listener is not None:
             if not conn.accepted:

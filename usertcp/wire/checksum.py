@@ -43,15 +43,20 @@ def word_sum(data) -> int:
 
 def finish(total: int) -> int:
     """Turn an unreduced word sum into the checksum field value."""
-    total = reduce(total)
+    r = reduce(total)
+    if r:
+        return 0xFFFF - r
     # A nonzero buffer whose words sum to a multiple of 0xFFFF has a true
-    # one's-complement sum of 0xFFFF, whose complement is 0.
-    return 0xFFFF - total if total else 0
+    # one's-complement sum of 0xFFFF, whose complement is 0. An all-zero buffer
+    # (total == 0, which is why `total` must be unreduced) sums to +0, whose
+    # complement is 0xFFFF; 0 there would fail a receiver's check (RFC 1624 3).
+    return 0 if total else 0xFFFF
 
 
 def internet_checksum(data) -> int:
     """Checksum field value for `data` (computed with the field zeroed)."""
-    return finish(word_sum(data))
+    x = _from(data, "big")
+    return finish(x << 8 if len(data) & 1 else x)
 
 
 def pseudo_header_sum(src: int, dst: int, protocol: int, length: int) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .checksum import finish, word_sum
+from .checksum import internet_checksum, word_sum
 from .errors import DropReason, MalformedPacket
 from .ipv4 import PROTO_ICMP, IPv4Header, build_ipv4
 
@@ -23,5 +23,5 @@ def echo_reply_for(packet, ip: IPv4Header) -> bytes:
     reply = bytearray(msg)
     reply[0] = ECHO_REPLY
     reply[2:4] = b"\0\0"
-    reply[2:4] = finish(word_sum(reply)).to_bytes(2, "big")
+    reply[2:4] = internet_checksum(reply).to_bytes(2, "big")
     return build_ipv4(ip.dst, ip.src, PROTO_ICMP, reply)

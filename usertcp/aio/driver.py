@@ -1,0 +1,394 @@
+"""The asyncio driver: one device, one pure engine, one timer handle.
+
+On readability it reads packets until the device is empty (bounded batches),
+feeds the engine, turns engine events into protocol callbacks, and writes
+everything the engine has to send in one pass. Application writes schedule a
+single flush per loop iteration. The only timer is a `loop.call_at` for the
+earliest deadline of the engine and the device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import secrets
+from typing import Callable
+
+import structlog
+
+from ..stack import Stack as CoreStack
+from ..tcp import events as ev
+from ..tcp.config import TcpConfig
+from ..wire.ipv4 import addr_to_int
+from .server import Server
+from .transport import TcpTransport
+
+_BATCH = 64
+_BATCHES_PER_WAKE = 8  # then flush and let other callbacks run
+
+
+class Stack:
+    """A running usertcp stack: asyncio's server and client APIs over a device."""
+
+    def __init__(self, device, address, *, config: TcpConfig | None = None, logger=None):
+        cfg = config or TcpConfig()
+        changes = {}
+        if not cfg.isn_secret:
+            changes["isn_secret"] = secrets.token_bytes(16)
+        if cfg.mss > device.mtu - 40:
+            changes["mss"] = device.mtu - 40  # a segment must fit the device's MTU
+        if changes:
+            cfg = dataclasses.replace(cfg, **changes)
+        self.loop = asyncio.get_running_loop()
+        self.device = device
+        self.core = CoreStack(address, config=cfg)
+        self.address = self.core.address_str
+        self.config = cfg
+        self.log = logger or structlog.get_logger("usertcp").bind(stack=self.address)
+        self.blocked: set[TcpTransport] = set()  # transports with bytes waiting for buffer space
+        self._transports: dict[int, TcpTransport] = {}
+        self._connecting: dict[int, tuple[asyncio.Future, Callable, tuple[str, int]]] = {}
+        self._servers: dict[int, Server] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when: float | None = None
+        self._flush_scheduled = False
+        self._drops_logged: dict[str, int] = {}
+        self._closed = False
+        self._fd = device.fileno()
+        if self._fd is not None:
+            self.loop.add_reader(self._fd, self._on_readable)
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, tun: str = "utcp0", address: str = "10.7.0.2",
+             host_address: str = "10.7.0.1/24", *, mtu: int = 1500,
+             config: TcpConfig | None = None, pcap: str | None = None,
+             fault: dict | None = None) -> _Opener:
+        """Create the TUN device, configure its kernel side and start a stack.
+
+        Use as `async with Stack.open(...) as stack:` (or `await Stack.open(...)`
+        and `await stack.aclose()` later).
+        """
+        return _Opener(cls, tun, address, host_address, mtu, config, pcap, fault)
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    # ------------------------------------------------------------ public API
+
+    async def start_server(self, client_connected_cb, port: int, *, backlog: int | None = None,
+                           limit: int = 2 ** 16, start_serving: bool = True) -> Server:
+        """Like `asyncio.start_server`: the callback gets (StreamReader, StreamWriter)."""
+        loop = self.loop
+
+        def factory():
+            reader = asyncio.StreamReader(limit=limit, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+
+        return await self.create_server(factory, port, backlog=backlog,
+                                        start_serving=start_serving)
+
+    async def create_server(self, protocol_factory, port: int, *, backlog: int | None = None,
+                            start_serving: bool = True) -> Server:
+        """Like `loop.create_server`, for protocols."""
+        self._check_open()
+        server = Server(self, port, protocol_factory, backlog)
+        if start_serving:
+            await server.start_serving()
+        return server
+
+    async def open_connection(self, host, port: int, *, limit: int = 2 ** 16,
+                              local_port: int | None = None):
+        """Like `asyncio.open_connection`: returns (StreamReader, StreamWriter)."""
+        loop = self.loop
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await self.create_connection(lambda: protocol, host, port,
+                                                    local_port=local_port)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        return reader, writer
+
+    async def create_connection(self, protocol_factory, host, port: int, *,
+                                local_port: int | None = None):
+        """Like `loop.create_connection`: active open; returns (transport, protocol)."""
+        self._check_open()
+        try:
+            remote = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address (usertcp does no name lookups)")
+        conn_id = self.core.connect(remote, port, self.now(), local_port=local_port)
+        fut = self.loop.create_future()
+        self._connecting[conn_id] = (fut, protocol_factory, (remote, port))
+        self.schedule_flush()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if self._connecting.pop(conn_id, None) is not None:
+                self.core.abort(conn_id, self.now())
+                self.schedule_flush()
+            raise
+
+    def connections(self) -> list[dict]:
+        """The engine's connection table: 4-tuple, state, queues, timers, RTT."""
+        return self.core.connections(self.now())
+
+    @property
+    def counters(self):
+        return self.core.counters
+
+    @property
+    def drops(self):
+        return self.core.drops
+
+    async def aclose(self, timeout: float = 2.0) -> None:
+        """Stop serving, close connections gracefully (bounded), release the device."""
+        if self._closed:
+            return
+        for server in list(self._servers.values()):
+            server.close()
+        for transport in list(self._transports.values()):
+            transport.close()
+        deadline = self.loop.time() + timeout
+        while self._transports and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for transport in list(self._transports.values()):
+            transport.abort()
+        for fut, _, _ in self._connecting.values():
+            if not fut.done():
+                fut.set_exception(ConnectionAbortedError("stack closed"))
+        self._flush()
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._fd is not None:
+            self.loop.remove_reader(self._fd)
+        self.device.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the stack is closed")
+
+    # ------------------------------------------------------------ the loop's callbacks
+
+    def _on_readable(self) -> None:
+        receive = self.core.receive
+        device = self.device
+        loop_time = self.loop.time
+        for _ in range(_BATCHES_PER_WAKE):
+            packets = device.receive_batch(_BATCH)
+            if not packets:
+                break
+            now = loop_time()
+            for packet in packets:
+                receive(packet, now)
+            if len(packets) < _BATCH:
+                break
+        self._after_input()
+
+    def _on_timer(self) -> None:
+        when = self._timer_when
+        self._timer = None
+        self._timer_when = None
+        # call_at may fire a hair early; never let the engine see time before the deadline.
+        self.core.handle_timers(max(self.loop.time(), when or 0.0))
+        if self.device.next_deadline() is not None:
+            self._on_readable()  # the device holds packets that are now due
+        else:
+            self._after_input()
+
+    def _after_input(self) -> None:
+        self._dispatch_events()
+        if self.blocked:
+            for transport in list(self.blocked):
+                transport.send_space_freed()
+        if self.core.drops:
+            self._log_drops()
+        self._flush()
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        packets = self.core.packets_to_send(self.loop.time())
+        if packets:
+            self.device.send_batch(packets)
+        self._dispatch_events()
+        self._rearm()
+
+    def _rearm(self) -> None:
+        when = self.core.next_deadline()
+        device_when = self.device.next_deadline()
+        if device_when is not None and (when is None or device_when < when):
+            when = device_when
+        if when == self._timer_when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_when = when
+        if when is not None:
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    # ------------------------------------------------------------ engine events
+
+    def _dispatch_events(self) -> None:
+        next_event = self.core.next_event
+        transports = self._transports
+        while (event := next_event()) is not None:
+            kind = type(event)
+            if kind is ev.DataReceived:
+                transport = transports.get(event.conn_id)
+                if transport is not None:
+                    transport.pull()
+            elif kind is ev.StateChanged:
+                self._log_state(event)
+                transport = transports.get(event.conn_id)
+                if transport is not None:
+                    transport.state_changed(event.new)
+            elif kind is ev.ConnectionAccepted:
+                self._accept(event)
+            elif kind is ev.Connected:
+                self._connected(event)
+            elif kind is ev.PeerClosed:
+                transport = transports.get(event.conn_id)
+                if transport is not None:
+                    transport.peer_closed()
+            elif kind is ev.ConnectionReset or kind is ev.ConnectionTimedOut:
+                self._failed(event)
+            elif kind is ev.ConnectionClosed:
+                transport = transports.get(event.conn_id)
+                if transport is not None:
+                    transport.finished()
+
+    def _accept(self, event: ev.ConnectionAccepted) -> None:
+        server = self._servers.get(event.local_port)
+        if server is None or not server.is_serving():
+            self.core.abort(event.conn_id, self.now())
+            return
+        protocol = server.protocol_factory()
+        transport = TcpTransport(self, event.conn_id, protocol,
+                                 (self.address, event.local_port), event.remote)
+        self._transports[event.conn_id] = transport
+        server.attach(transport)
+        protocol.connection_made(transport)
+
+    def _connected(self, event: ev.Connected) -> None:
+        pending = self._connecting.pop(event.conn_id, None)
+        if pending is None:
+            return
+        fut, factory, remote = pending
+        if fut.done():  # cancelled meanwhile
+            self.core.abort(event.conn_id, self.now())
+            return
+        info = next(row for row in self.core.connections(self.now())
+                    if row["conn_id"] == event.conn_id)
+        protocol = factory()
+        transport = TcpTransport(self, event.conn_id, protocol, info["local"], remote)
+        self._transports[event.conn_id] = transport
+        protocol.connection_made(transport)
+        fut.set_result((transport, protocol))
+
+    def _failed(self, event) -> None:
+        timed_out = type(event) is ev.ConnectionTimedOut
+        pending = self._connecting.pop(event.conn_id, None)
+        if pending is not None:
+            fut, _, (host, port) = pending
+            if not fut.done():
+                if timed_out:
+                    fut.set_exception(TimeoutError(f"connect to {host}:{port} timed out"))
+                else:
+                    fut.set_exception(ConnectionRefusedError(
+                        111, f"connection to {host}:{port} refused"))
+            return
+        transport = self._transports.get(event.conn_id)
+        if transport is None:
+            return
+        if timed_out:
+            exc: OSError = TimeoutError(110, "connection timed out")
+        else:
+            exc = ConnectionResetError(104, "connection reset by peer")
+        transport.failed(exc)
+
+    def forget_transport(self, transport: TcpTransport) -> None:
+        if self._transports.get(transport.conn_id) is transport:
+            del self._transports[transport.conn_id]
+        for server in self._servers.values():
+            server.detach(transport)
+
+    def register_server(self, server: Server) -> None:
+        if server.port in self._servers:
+            raise OSError(98, f"port {server.port} is already in use")
+        self.core.listen(server.port, server.backlog)
+        self._servers[server.port] = server
+
+    def unregister_server(self, server: Server) -> None:
+        if self._servers.get(server.port) is server:
+            del self._servers[server.port]
+            self.core.unlisten(server.port)
+
+    # ------------------------------------------------------------ logging
+
+    def _log_state(self, event: ev.StateChanged) -> None:
+        self.log.info("tcp.state", conn=event.conn_id,
+                      local=f"{event.local[0]}:{event.local[1]}",
+                      remote=f"{event.remote[0]}:{event.remote[1]}",
+                      old=str(event.old), new=str(event.new), cause=event.cause,
+                      seq=event.seq, ack=event.ack)
+
+    def _log_drops(self) -> None:
+        seen = self._drops_logged
+        for reason, count in self.core.drops.items():
+            if seen.get(reason, 0) != count:
+                self.log.warning("packet.dropped", reason=reason, count=count - seen.get(reason, 0),
+                                 total=count)
+                seen[reason] = count
+
+
+class _Opener:
+    """`Stack.open(...)`: an async context manager that is also awaitable."""
+
+    def __init__(self, cls, tun, address, host_address, mtu, config, pcap, fault):
+        self._args = (cls, tun, address, host_address, mtu, config, pcap, fault)
+        self._stack: Stack | None = None
+
+    async def _open(self) -> Stack:
+        from ..phy import FaultInjector, PcapWriter, TunDevice, configure_host_side
+        from ..phy.netlink import parse_host_address
+
+        cls, tun, address, host_address, mtu, config, pcap, fault = self._args
+        host_iface = parse_host_address(host_address)
+        addr = ipaddress.IPv4Address(addr_to_int(address))
+        if addr not in host_iface.network:
+            raise ValueError(f"address {addr} is not inside the host side's network "
+                             f"{host_iface.network}: the kernel would not route it to {tun}")
+        if addr == host_iface.ip:
+            raise ValueError(f"address {addr} is the kernel side's own address")
+        device = TunDevice(tun, mtu)
+        try:
+            configure_host_side(tun, host_address, mtu)
+            if fault:
+                device = FaultInjector(device, **fault)
+            if pcap:
+                device = PcapWriter(device, pcap)
+            self._stack = cls(device, str(addr), config=config)
+        except BaseException:
+            device.close()
+            raise
+        return self._stack
+
+    def __await__(self):
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Stack:
+        return await self._open()
+
+    async def __aexit__(self, *exc) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()

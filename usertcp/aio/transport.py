@@ -1,0 +1,234 @@
+"""An asyncio Transport over one engine connection.
+
+Being a real `asyncio.Transport` lets asyncio's own StreamReaderProtocol,
+StreamReader and StreamWriter run on top unchanged, so code written for
+`asyncio.open_connection` / `start_server` gets the same objects it expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from ..tcp.state import State
+
+if TYPE_CHECKING:
+    from .driver import Stack
+
+_HIGH_WATER = 64 * 1024
+_DONE_SENDING = frozenset({State.FIN_WAIT_2, State.TIME_WAIT, State.CLOSED})
+
+
+class TcpTransport(asyncio.Transport):
+    """Writes go into the engine's send buffer; what does not fit waits here.
+
+    Flow control both ways is TCP's own: a paused reader leaves data in the
+    engine, whose receive window then closes; `drain()` waits while the send
+    buffer is full and more than the high-water mark waits here.
+    """
+
+    def __init__(self, stack: Stack, conn_id: int, protocol: asyncio.BaseProtocol,
+                 sockname: tuple[str, int], peername: tuple[str, int]):
+        super().__init__(extra={"sockname": sockname, "peername": peername, "socket": None})
+        self._stack = stack
+        self._core = stack.core
+        self.conn_id = conn_id
+        self._protocol = protocol
+        self._pending = bytearray()  # accepted from the app, not yet into the engine
+        self._eof_requested = False  # write_eof() called: FIN once _pending is empty
+        self._closing = False  # close() called
+        self._lost = False  # connection_lost() delivered
+        self._reading_paused = False
+        self._peer_eof = False  # PeerClosed seen
+        self._eof_delivered = False
+        self._engine_done = False  # ConnectionClosed seen: only leftover data remains
+        self._writing_paused = False
+        self._high = _HIGH_WATER
+        self._low = _HIGH_WATER // 4
+
+    # -------------------------------------------------------- asyncio.Transport
+
+    def write(self, data) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not "
+                            f"{type(data).__name__!r}")
+        if self._eof_requested or self._closing:
+            raise RuntimeError("cannot call write() after write_eof() or close()")
+        if self._lost or not data:
+            return
+        if self._pending:
+            self._pending += data
+        else:
+            try:
+                n = self._core.send(self.conn_id, data, self._stack.now())
+            except Exception:  # the engine says the connection can no longer send
+                return
+            if n < len(data):
+                self._pending += memoryview(data)[n:]
+                self._stack.blocked.add(self)
+            self._stack.schedule_flush()
+        self._check_high_water()
+
+    def writelines(self, list_of_data) -> None:
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        if self._eof_requested or self._lost:
+            return
+        self._eof_requested = True
+        self._push_pending()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._eof_requested = True
+        self._push_pending()
+
+    def abort(self) -> None:
+        self._closing = True
+        self._pending.clear()
+        self._stack.blocked.discard(self)
+        self._core.abort(self.conn_id, self._stack.now())
+        self._stack.schedule_flush()
+        self._connection_lost(None)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._lost
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._pending)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low, self._high)
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        if high is None:
+            high = _HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+        self._check_high_water()
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self.pull()
+            self._stack.schedule_flush()  # the window may have opened
+
+    def is_reading(self) -> bool:
+        return not self._reading_paused and not self._lost
+
+    def get_protocol(self):
+        return self._protocol
+
+    def set_protocol(self, protocol) -> None:
+        self._protocol = protocol
+
+    def set_nodelay(self, nodelay: bool = True) -> None:
+        """TCP_NODELAY: turn Nagle's algorithm off for this connection."""
+        self._core.set_nodelay(self.conn_id, nodelay)
+
+    # -------------------------------------------------------- from the driver
+
+    def pull(self) -> None:
+        """Move received data from the engine to the protocol, then EOF if due."""
+        if self._reading_paused or self._lost:
+            return
+        data = self._core.recv(self.conn_id)
+        if data:
+            self._protocol.data_received(data)
+        # recv() drained the engine, so the peer's FIN comes next in the stream.
+        if self._peer_eof and not self._eof_delivered:
+            self._eof_delivered = True
+            keep_open = self._protocol.eof_received()
+            if not keep_open and not self._closing and not self._engine_done:
+                self.close()
+        if self._engine_done and self._eof_delivered:
+            self._connection_lost(None)
+
+    def peer_closed(self) -> None:
+        self._peer_eof = True
+        self.pull()
+
+    def _push_pending(self) -> None:
+        """Move waiting bytes into the engine; send the FIN when they are all in."""
+        if self._lost:
+            return
+        core = self._core
+        now = self._stack.now()
+        if self._pending:
+            try:
+                n = core.send(self.conn_id, self._pending, now)
+            except Exception:
+                self._pending.clear()
+                n = 0
+            if n:
+                del self._pending[:n]
+            self._stack.schedule_flush()
+        if self._pending:
+            self._stack.blocked.add(self)
+        else:
+            self._stack.blocked.discard(self)
+            if self._eof_requested:
+                if self._closing:
+                    core.close(self.conn_id, now)
+                else:
+                    core.shutdown(self.conn_id, now)
+                self._stack.schedule_flush()
+                self.state_changed(core.state(self.conn_id))
+        self._check_low_water()
+
+    def send_space_freed(self) -> None:
+        self._push_pending()
+
+    def state_changed(self, state: State) -> None:
+        # A closed transport is finished once its FIN is acknowledged.
+        if self._closing and not self._pending and state in _DONE_SENDING:
+            self._connection_lost(None)
+
+    def failed(self, exc: BaseException) -> None:
+        self._pending.clear()
+        self._stack.blocked.discard(self)
+        self._connection_lost(exc)
+
+    def finished(self) -> None:
+        """The engine is done with the connection (TIME-WAIT or CLOSED).
+
+        Unread data stays readable: connection_lost waits until a paused
+        reader has taken it and the EOF.
+        """
+        self._engine_done = True
+        self._peer_eof = True
+        self._pending.clear()
+        self._stack.blocked.discard(self)
+        self.pull()
+
+    def _connection_lost(self, exc) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._stack.forget_transport(self)
+        self._stack.loop.call_soon(self._protocol.connection_lost, exc)
+
+    def _check_high_water(self) -> None:
+        if not self._writing_paused and len(self._pending) > self._high:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+
+    def _check_low_water(self) -> None:
+        if self._writing_paused and len(self._pending) <= self._low:
+            self._writing_paused = False
+            self._protocol.resume_writing()
+
+    def __repr__(self) -> str:
+        peer = self.get_extra_info("peername")
+        return f"<TcpTransport conn={self.conn_id} peer={peer[0]}:{peer[1]}>"
