@@ -45,7 +45,7 @@ class Stack:
         self.core = CoreStack(address, config=cfg)
         self.address = self.core.address_str
         self.config = cfg
-        self.log = logger or structlog.get_logger("usertcp").bind(stack=self.address)
+        self.log = logger or structlog.get_logger("usertcp").bind(addr=self.address)
         self.blocked: set[TcpTransport] = set()  # transports with bytes waiting for buffer space
         self._transports: dict[int, TcpTransport] = {}
         self._connecting: dict[int, tuple[asyncio.Future, Callable, tuple[str, int]]] = {}
@@ -372,7 +372,9 @@ class _Opener:
             raise ValueError(f"address {addr} is the kernel side's own address")
         device = TunDevice(tun, mtu)
         try:
-            configure_host_side(tun, host_address, mtu)
+            # pyroute2 runs an event loop of its own: keep it off this one.
+            await asyncio.get_running_loop().run_in_executor(
+                None, configure_host_side, tun, host_address, mtu)
             if fault:
                 device = FaultInjector(device, **fault)
             if pcap:
