@@ -27,13 +27,16 @@ def _common(parser: argparse.ArgumentParser, port: int | None) -> None:
                         help="maximum segment lifetime in seconds; TIME-WAIT is 2*MSL")
     parser.add_argument("--mtu", type=int, default=1500)
     parser.add_argument("--pcap", help="write every packet to this pcap file")
+    parser.add_argument("--no-offload", dest="offload", action="store_false",
+                        help="one packet per MSS and software checksums (no virtio-net offload)")
     parser.add_argument("--log-level", default="info", choices=log.LEVELS)
     parser.add_argument("--log-format", default="console", choices=("console", "json"))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="usertcp", description="A userspace TCP/IPv4 stack behind a TUN device.")
+        prog="usertcp", description="A userspace TCP/IPv4 stack behind a TUN device.",
+        epilog="A running service logs its connection table (event 'connections') on SIGUSR1.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _common(sub.add_parser("echo", help="echo service (RFC 862)"), 7)
     _common(sub.add_parser("discard", help="discard service (RFC 863)"), 9)
@@ -61,14 +64,18 @@ async def _serve(args, make_callback) -> int:
 
     callback = make_callback()
     async with Stack.open(args.tun, args.address, args.host_address, mtu=args.mtu,
-                          config=_config(args), pcap=args.pcap) as stack:
+                          config=_config(args), pcap=args.pcap, offload=args.offload) as stack:
         server = await stack.start_server(callback, args.port)
-        stack.log.info("service.ready", service=args.command, address=stack.address,
-                       port=args.port, tun=args.tun)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        # Read-only status: `kill -USR1 PID` logs the connection table (TIME-WAIT entries too).
+        loop.add_signal_handler(signal.SIGUSR1, lambda: stack.log.info(
+            "connections", table=stack.connections()))
+        # Only now: a signal sent as soon as this line shows must find its handler in place.
+        stack.log.info("service.ready", service=args.command, address=stack.address,
+                       port=args.port, tun=args.tun)
         await stop.wait()
         stack.log.info("service.stopping", open_connections=len(stack.connections()) - 1)
         server.close()
@@ -80,7 +87,7 @@ async def _connect(args) -> int:
     from .apps.connect import run_connect
 
     async with Stack.open(args.tun, args.address, args.host_address, mtu=args.mtu,
-                          config=_config(args), pcap=args.pcap) as stack:
+                          config=_config(args), pcap=args.pcap, offload=args.offload) as stack:
         return await run_connect(stack, args.host, args.port)
 
 

@@ -83,6 +83,7 @@ class Stack:
             if seg.flags & SYN and not seg.flags & ACK and self._may_reuse(conn, seg):
                 self.counters["time_wait_reused"] += 1
                 self._drop_time_wait(conn)
+                self.state_changed(conn, State.TIME_WAIT, State.CLOSED, "reused", now)
                 self.receive(packet, now, checksum_verified=True)
                 return
             conn.on_segment(seg, now)

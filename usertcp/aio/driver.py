@@ -38,6 +38,12 @@ class Stack:
             changes["isn_secret"] = secrets.token_bytes(16)
         if cfg.mss > device.mtu - 40:
             changes["mss"] = device.mtu - 40  # a segment must fit the device's MTU
+        # What the device does for us (TUN with virtio-net offload: checksums, TSO).
+        if getattr(device, "tx_checksum_offload", False):
+            changes["tx_checksum_offload"] = True
+        tso_max = getattr(device, "tso_max", 0)
+        if tso_max:
+            changes["tso_max"] = tso_max
         if changes:
             cfg = dataclasses.replace(cfg, **changes)
         self.loop = asyncio.get_running_loop()
@@ -55,6 +61,7 @@ class Stack:
         self._flush_scheduled = False
         self._drops_logged: dict[str, int] = {}
         self._closed = False
+        self._rx_verified = bool(getattr(device, "rx_checksum_verified", False))
         self._fd = device.fileno()
         if self._fd is not None:
             self.loop.add_reader(self._fd, self._on_readable)
@@ -65,13 +72,13 @@ class Stack:
     def open(cls, tun: str = "utcp0", address: str = "10.7.0.2",
              host_address: str = "10.7.0.1/24", *, mtu: int = 1500,
              config: TcpConfig | None = None, pcap: str | None = None,
-             fault: dict | None = None) -> _Opener:
+             fault: dict | None = None, offload: bool = True) -> _Opener:
         """Create the TUN device, configure its kernel side and start a stack.
 
         Use as `async with Stack.open(...) as stack:` (or `await Stack.open(...)`
         and `await stack.aclose()` later).
         """
-        return _Opener(cls, tun, address, host_address, mtu, config, pcap, fault)
+        return _Opener(cls, tun, address, host_address, mtu, config, pcap, fault, offload)
 
     def now(self) -> float:
         return self.loop.time()
@@ -176,13 +183,14 @@ class Stack:
         receive = self.core.receive
         device = self.device
         loop_time = self.loop.time
+        verified = self._rx_verified
         for _ in range(_BATCHES_PER_WAKE):
             packets = device.receive_batch(_BATCH)
             if not packets:
                 break
             now = loop_time()
             for packet in packets:
-                receive(packet, now)
+                receive(packet, now, checksum_verified=verified)
             if len(packets) < _BATCH:
                 break
         self._after_input()
@@ -354,15 +362,15 @@ class Stack:
 class _Opener:
     """`Stack.open(...)`: an async context manager that is also awaitable."""
 
-    def __init__(self, cls, tun, address, host_address, mtu, config, pcap, fault):
-        self._args = (cls, tun, address, host_address, mtu, config, pcap, fault)
+    def __init__(self, cls, tun, address, host_address, mtu, config, pcap, fault, offload):
+        self._args = (cls, tun, address, host_address, mtu, config, pcap, fault, offload)
         self._stack: Stack | None = None
 
     async def _open(self) -> Stack:
         from ..phy import FaultInjector, PcapWriter, TunDevice, configure_host_side
         from ..phy.netlink import parse_host_address
 
-        cls, tun, address, host_address, mtu, config, pcap, fault = self._args
+        cls, tun, address, host_address, mtu, config, pcap, fault, offload = self._args
         host_iface = parse_host_address(host_address)
         addr = ipaddress.IPv4Address(addr_to_int(address))
         if addr not in host_iface.network:
@@ -370,7 +378,7 @@ class _Opener:
                              f"{host_iface.network}: the kernel would not route it to {tun}")
         if addr == host_iface.ip:
             raise ValueError(f"address {addr} is the kernel side's own address")
-        device = TunDevice(tun, mtu)
+        device = TunDevice(tun, mtu, offload=offload)
         try:
             # pyroute2 runs an event loop of its own: keep it off this one.
             await asyncio.get_running_loop().run_in_executor(

@@ -26,3 +26,28 @@ class Device(Protocol):
     def next_deadline(self) -> float | None: ...
 
     def close(self) -> None: ...
+
+
+class Middleware:
+    """Base for devices that wrap another: capabilities pass through."""
+
+    inner: Device
+
+    @property
+    def mtu(self) -> int:
+        return self.inner.mtu
+
+    @property
+    def tx_checksum_offload(self) -> bool:
+        return getattr(self.inner, "tx_checksum_offload", False)
+
+    @property
+    def rx_checksum_verified(self) -> bool:
+        return getattr(self.inner, "rx_checksum_verified", False)
+
+    @property
+    def tso_max(self) -> int:
+        return getattr(self.inner, "tso_max", 0)
+
+    def fileno(self) -> int | None:
+        return self.inner.fileno()

@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from .base import Device
+from .base import Device, Middleware
 
 MAX_REORDER_DEPTH = 10
 _Sink = list[bytes] | deque[bytes]  # where released packets go
@@ -148,7 +148,7 @@ class _Lane:
         self.delayed.clear()
 
 
-class FaultInjector:
+class FaultInjector(Middleware):
     """Wrap `inner` with seeded faults.
 
     The keyword shorthand (loss=..., delay=..., ...) builds one FaultSpec for
@@ -191,16 +191,16 @@ class FaultInjector:
             rx = spec if direction in ("both", "rx") else FaultSpec()
         if tx is None:
             tx = spec if direction in ("both", "tx") else FaultSpec()
+        if rx.corrupt and getattr(inner, "rx_checksum_verified", False):
+            # Kernel segments arrive with partial checksums there: corruption
+            # could not be detected, so it would silently corrupt data.
+            raise ValueError("rx corruption needs a device without checksum offload")
         self.inner = inner
         self.seed = seed
         self._clock = clock
         self._rx = _Lane(rx, f"{seed}:rx")
         self._tx = _Lane(tx, f"{seed}:tx")
         self._ready: deque[bytes] = deque()  # received packets not yet handed up
-
-    @property
-    def mtu(self) -> int:
-        return self.inner.mtu
 
     @property
     def rx_stats(self) -> dict[str, int]:
@@ -214,9 +214,6 @@ class FaultInjector:
     def stats(self) -> dict[str, int]:
         """Counters summed over both directions."""
         return {k: self._rx.stats[k] + self._tx.stats[k] for k in STAT_KEYS}
-
-    def fileno(self) -> int | None:
-        return self.inner.fileno()
 
     def _pump(self, now: float) -> None:
         self._rx.release(now, self._ready)

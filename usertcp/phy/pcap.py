@@ -7,7 +7,7 @@ import time
 from os import PathLike
 from typing import Callable
 
-from .base import Device
+from .base import Device, Middleware
 
 LINKTYPE_RAW = 101  # packets start at the IP header; read by tcpdump, Wireshark, scapy
 SNAPLEN = 262144  # tcpdump's default; fits offloaded (larger than MTU) packets
@@ -71,7 +71,7 @@ def read_pcap(path: str | PathLike[str]) -> list[tuple[float, bytes]]:
     return out
 
 
-class PcapWriter:
+class PcapWriter(Middleware):
     """Pass packets through to `inner`, recording both directions in `path`.
 
     Sent packets are recorded as handed to `inner` (before any fault wrapped
@@ -89,13 +89,6 @@ class PcapWriter:
         self.inner = inner
         self.pcap = PcapFile(path)
         self._clock = clock
-
-    @property
-    def mtu(self) -> int:
-        return self.inner.mtu
-
-    def fileno(self) -> int | None:
-        return self.inner.fileno()
 
     def receive_batch(self, max_packets: int = 64) -> list[bytes]:
         packets = self.inner.receive_batch(max_packets)

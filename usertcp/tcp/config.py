@@ -29,6 +29,7 @@ class TcpConfig:
     ephemeral_ports: tuple[int, int] = (32768, 60999)
     isn_secret: bytes = b""  # the driver supplies random bytes; empty is for tests
     tx_checksum_offload: bool = False  # leave the TCP checksum to the device
+    tso_max: int = 0  # largest segment payload the device will cut up for us; 0: MSS only
     ttl: int = 64
 
     def __post_init__(self) -> None:

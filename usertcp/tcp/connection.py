@@ -164,7 +164,12 @@ class Connection:
         self._xmit(SYN, self.iss, options=self._syn_options(None))
 
     def _send_syn_ack(self, syn: Segment | None = None) -> None:
-        self._xmit(SYN | ACK, self.iss, options=self._syn_options(syn))
+        if syn is None:  # a retransmission: echo window scaling only if the peer's SYN had it
+            scaled = self.rcv_wscale or self.snd_wscale  # both 0 reads the same as none
+            options = build_options(mss=self.cfg.mss, wscale=self.rcv_wscale if scaled else None)
+        else:
+            options = self._syn_options(syn)
+        self._xmit(SYN | ACK, self.iss, options=options)
 
     def _take_syn_options(self, seg: Segment) -> None:
         """Adopt what the peer's SYN offered (RFC 9293 3.7.1, RFC 7323 2.2)."""
@@ -189,7 +194,7 @@ class Connection:
 
     def _challenge_ack(self, now: float) -> None:
         if self.host.challenge_ack_allowed(now):
-            self._xmit(ACK, self.snd_nxt)
+            self._xmit(ACK, self.snd_max)
 
     # ------------------------------------------------------------ opening
 
@@ -228,6 +233,15 @@ class Connection:
         payload = seg.payload
         plen = len(payload)
         rcv_nxt = self.rcv_nxt
+        if flags & SYN and self.state is SYN_RECEIVED and seq == self.irs:
+            # The peer's SYN again, which the sequence check below would refuse (it does not
+            # count the SYN). Alone: our SYN-ACK was lost, send it again. With an ACK: the
+            # peer's SYN-ACK of a simultaneous open (RFC 9293 figure 8); its ACK is the news.
+            if not flags & ACK:
+                self._send_syn_ack()
+                return
+            flags &= ~SYN
+            seq = rcv_nxt
 
         # 1. Sequence number check.
         wnd = (self.rcv_adv - rcv_nxt) & MASK
@@ -249,7 +263,9 @@ class Connection:
                 payload, plen, flags = b"", 0, flags & ~FIN
             else:
                 if not flags & RST:
-                    self._xmit(ACK, self.snd_nxt)  # RFC 9293: <SEQ=SND.NXT><ACK=RCV.NXT>
+                    # RFC 9293: <SEQ=SND.NXT><ACK=RCV.NXT>. The RFC's SND.NXT is our snd_max:
+                    # snd_nxt steps back on an RTO, and an ACK from there is refused as old.
+                    self._xmit(ACK, self.snd_max)
                 self.host.count("rx_out_of_window")
                 return
         elif seg_len:
@@ -280,9 +296,6 @@ class Connection:
 
         # 4. SYN in a synchronized state: challenge ACK (RFC 5961 4.2).
         if flags & SYN:
-            if self.state is SYN_RECEIVED and seq == (self.irs & MASK):
-                self._send_syn_ack()  # the peer's SYN again: our SYN-ACK was lost
-                return
             self.host.count("syn_challenged")
             self._challenge_ack(now)
             return
@@ -331,7 +344,10 @@ class Connection:
                     self.data_event_pending = True
                     self.host.emit(ev.DataReceived(self.id))
                 self.unacked_segments += 1
-                if (self.unacked_segments >= 2 or not self.cfg.delayed_ack
+                # ACK every second segment, or two MSS worth of bytes: a device
+                # with receive offload hands up one segment of up to 64 KB.
+                if (self.unacked_segments >= 2 or plen >= 2 * self.cfg.mss
+                        or not self.cfg.delayed_ack
                         or self.ack_now):
                     self.ack_now = True
                 elif self.delack_at is None:
@@ -386,7 +402,7 @@ class Connection:
             self._update_window(seg, force=True)
             self._set_state(ESTABLISHED, "syn-ack", now)
             self.host.emit(ev.Connected(self.id))
-            self._xmit(ACK, self.snd_nxt)
+            self._xmit(ACK, self.snd_max)
             self._mark()  # data queued before the handshake may go now
         else:
             # Simultaneous open: both sides sent SYN (RFC 9293 figure 7).
@@ -431,7 +447,7 @@ class Connection:
         if acked > in_flight:
             if acked < HALF:  # acks something we never sent
                 self.host.count("ack_of_unsent")
-                self._xmit(ACK, self.snd_nxt)
+                self._xmit(ACK, self.snd_max)
                 return False
             # An old ACK: fine unless older than any window we offered (RFC 5961 5.2).
             if ((una - ack) & MASK) > self.max_snd_wnd:
@@ -471,7 +487,9 @@ class Connection:
                 self._retransmit_first(now)
                 self.cwnd = max(self.cwnd - acked + mss, mss)
         elif self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, mss)
+            # Slow start by bytes acknowledged (RFC 3465), unlimited per ACK as in Linux:
+            # with segmentation offload one ACK may cover dozens of segments.
+            self.cwnd += acked
         else:
             self.cwnd += max(mss * mss // self.cwnd, 1)
         self.dupacks = 0
@@ -542,11 +560,11 @@ class Connection:
         state = self.state
         if state is SYN_SENT or state is SYN_RECEIVED or state is CLOSED:
             if self.ack_now:
-                self._xmit(ACK, self.snd_nxt)
+                self._xmit(ACK, self.snd_max)
             return
         sent = self._send_data(now)
         if not sent and (self.ack_now or (self.unacked_segments and not self.cfg.delayed_ack)):
-            self._xmit(ACK, self.snd_nxt)
+            self._xmit(ACK, self.snd_max)
         if (self.snd_wnd == 0 and self.rto_at is None and self.persist_at is None
                 and self._unsent()):
             self.persist_at = now + self.rtt.rto
@@ -559,6 +577,9 @@ class Connection:
     def _send_data(self, now: float) -> bool:
         """Segment the send buffer by MSS within min(cwnd, SND.WND); Nagle; FIN."""
         mss = self.snd_mss
+        # With segmentation offload a segment may carry many MSS; the device
+        # cuts it at MTU boundaries, so only when our MSS fills the MTU.
+        chunk = self.cfg.tso_max // mss * mss if self.cfg.tso_max and mss == self.cfg.mss else mss
         buf = self.sndbuf
         buflen = len(buf)
         sent_any = False
@@ -576,8 +597,10 @@ class Connection:
             if remaining > 0:
                 if usable <= 0:
                     break
-                size = min(mss, remaining, usable)
-                if size < mss:
+                size = min(chunk, remaining, usable)
+                if size > mss and size < remaining:
+                    size -= size % mss  # whole segments; the rest waits for the window
+                elif size < mss:
                     # Sender silly window avoidance and Nagle (RFC 9293 3.8.6.2.1).
                     if size < remaining and size < (self.max_snd_wnd >> 1):
                         break

@@ -40,6 +40,10 @@ class TimeWait:
             self.deadline = now + 2 * self.host.config.msl
         elif flags & SYN:
             return  # a SYN the stack did not take for reuse
+        elif seg.seq == self.rcv_nxt and not seg.payload:
+            # A bare in-window ACK, e.g. from a peer also in TIME-WAIT after a simultaneous
+            # close: nothing to answer. ACKing it would start an endless ACK exchange.
+            return
         self.ack()
 
     def ack(self) -> None:
