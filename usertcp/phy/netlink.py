@@ -88,6 +88,7 @@ def configure_host_side(ifname: str, host_address: str, mtu: int) -> ipaddress.I
                     errno=errno.EADDRINUSE,
                 )
             ipr.link("set", index=index, mtu=mtu)
+            _disable_ipv6(ifname)
             if not _has_address(ipr, index, iface):
                 ipr.addr(
                     "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
@@ -96,6 +97,15 @@ def configure_host_side(ifname: str, host_address: str, mtu: int) -> ipaddress.I
     except NetlinkError as exc:
         raise _netlink_error(exc, f"cannot configure {ifname!r} with {host_address}") from None
     return iface
+
+
+def _disable_ipv6(ifname: str) -> None:
+    """The stack speaks IPv4 only: stop the kernel's IPv6 chatter (RS, MLD) into the TUN."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
+            f.write("1")
+    except OSError:
+        pass  # no IPv6 in this kernel, or /proc/sys read-only: the stack drops it anyway
 
 
 def remove_device(ifname: str) -> bool:
