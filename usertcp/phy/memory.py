@@ -10,7 +10,7 @@ from .errors import check_mtu
 
 _BUF_BYTES = 4 << 20  # room for a few thousand packets before the link drops
 # A full queue or a closed peer is a dropped packet on a real link too.
-_TX_DROP_ERRNOS = {errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED, errno.EPIPE}
+_TX_DROP_ERRNOS = {errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED, errno.EPIPE, errno.ENOTCONN}
 
 
 class MemoryDevice:
