@@ -200,6 +200,9 @@ class Stack:
 
     def send(self, conn_id: int, data, now: float) -> int:
         """Queue data; returns how much fit in the send buffer."""
+        conn = self._by_id.get(conn_id)
+        if type(conn) is TimeWait:
+            raise ConnectionNotWritable(f"connection {conn_id} is in TIME-WAIT")
         conn = self._get(conn_id)
         if conn.state not in CAN_SEND or conn.fin_queued:
             raise ConnectionNotWritable(f"connection {conn_id} is {conn.state} and not writable"

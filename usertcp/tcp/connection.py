@@ -259,8 +259,10 @@ class Connection:
                 offset >= HALF and end < HALF))  # starts before RCV.NXT, ends inside
         if not acceptable:
             if offset == 0 and not wnd:
-                # A zero-window probe: keep its ACK and window, drop its data.
+                # A zero-window probe: keep its ACK and window, drop its data, and answer
+                # it (RFC 9293 3.8.6.1): the answer is how the prober learns the window.
                 payload, plen, flags = b"", 0, flags & ~FIN
+                self.ack_now = not flags & RST
             else:
                 if not flags & RST:
                     # RFC 9293: <SEQ=SND.NXT><ACK=RCV.NXT>. The RFC's SND.NXT is our snd_max:
@@ -357,8 +359,9 @@ class Connection:
                 if flags & FIN:
                     self.ooo_fin = (seq + plen) & MASK
                 self.host.count("rx_out_of_order")
-                self.ack_now = True  # duplicate ACK for the sender's fast retransmit
-                self._mark()
+                # A duplicate ACK for each one, also within one batch: the sender's fast
+                # retransmit counts them (RFC 5681 4.2).
+                self._xmit(ACK, self.snd_max)
                 return
         elif plen:
             return  # data in CLOSE-WAIT, CLOSING, LAST-ACK: the peer already sent FIN
@@ -697,7 +700,10 @@ class Connection:
                  cfg.synack_retries if state is SYN_RECEIVED else cfg.retries)
         if self.backoffs > limit:
             self.host.count("timeouts")
-            self._finish(ev.ConnectionTimedOut(self.id), "retransmission timeout", now)
+            # A half-open passive connection was never shown to the application.
+            silent = state is SYN_RECEIVED and self.listener is not None
+            self._finish(None if silent else ev.ConnectionTimedOut(self.id),
+                         "retransmission timeout", now)
             return
         self.host.count("rto_expired")
         self.rtt.backoff()

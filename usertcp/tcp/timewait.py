@@ -39,7 +39,8 @@ class TimeWait:
             self.host.count("time_wait_fin_reacked")
             self.deadline = now + 2 * self.host.config.msl
         elif flags & SYN:
-            return  # a SYN the stack did not take for reuse
+            # Not taken for reuse: answer with our ACK (RFC 9293 3.10.7.4, RFC 5961 4).
+            self.host.count("time_wait_syn_acked")
         elif seg.seq == self.rcv_nxt and not seg.payload:
             # A bare in-window ACK, e.g. from a peer also in TIME-WAIT after a simultaneous
             # close: nothing to answer. ACKing it would start an endless ACK exchange.

@@ -1,0 +1,264 @@
+"""Helpers for unit tests of the TCP engine: one Stack, a fully scripted peer.
+
+The peer is not a TCP implementation: it is a segment factory that remembers
+the numbers it last used, so a test can write the ladder it expects, segment
+by segment, and assert on every flag, sequence number, acknowledgment number
+and window the stack sends back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+import usertcp.stack as stack_module
+from usertcp.stack import Stack
+from usertcp.tcp import StateChanged, TcpConfig
+from usertcp.wire import ACK, FIN, PSH, RST, SYN, addr_to_int, build_options, build_segment
+from usertcp.wire.packet import parse_packet
+from usertcp.wire.tcp import Segment, flags_str
+
+__all__ = [
+    "ACK", "FIN", "LOCAL", "OUR_ISS", "PEER_ISS", "PSH", "REMOTE", "RST", "SYN", "IsnControl",
+    "Peer", "S", "drain", "events", "expect", "make_stack", "names", "open_active",
+    "open_passive", "seq_add", "transitions",
+]
+
+LOCAL = "10.0.0.1"
+REMOTE = "10.0.0.2"
+MASK = 0xFFFFFFFF
+SECRET = b"unit-test-secret"
+
+
+def seq_add(a: int, n: int) -> int:
+    return (a + n) & MASK
+
+
+def make_stack(**config) -> Stack:
+    config.setdefault("isn_secret", SECRET)
+    return Stack(LOCAL, config=TcpConfig(**config))
+
+
+class IsnControl:
+    """Replaces usertcp.stack.initial_sequence_number for one test.
+
+    `set(x)` makes every following connection start at ISN x (`queue` gives a
+    list used one per connection); with nothing set the real generator runs.
+    Calls are recorded (4-tuple and time), so a test can see what was asked.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.real = stack_module.initial_sequence_number
+        self.fixed: int | None = None
+        self.pending: list[int] = []
+        self.calls: list[tuple] = []
+        monkeypatch.setattr(stack_module, "initial_sequence_number", self)
+
+    def set(self, isn: int) -> None:
+        self.fixed = isn & MASK
+
+    def queue(self, *isns: int) -> None:
+        self.pending.extend(i & MASK for i in isns)
+
+    def __call__(self, secret, local, lport, remote, rport, now):
+        self.calls.append((local, lport, remote, rport, now))
+        if self.pending:
+            return self.pending.pop(0)
+        if self.fixed is not None:
+            return self.fixed
+        return self.real(secret, local, lport, remote, rport, now)
+
+
+@dataclass
+class S:
+    """A pattern for one segment the stack sent; fields left None are not checked.
+
+    `flags` is an int (SYN | ACK) or tcpdump letters ("S.", "F.", "P.", "R.").
+    `wscale=False` asserts that no window scale option is present.
+    """
+
+    flags: int | str | None = None
+    seq: int | None = None
+    ack: int | None = None
+    win: int | None = None
+    data: bytes | None = None
+    len: int | None = None
+    mss: int | None | bool = None
+    wscale: int | None | bool = None
+    sport: int | None = None
+    dport: int | None = None
+
+    def check(self, seg: Segment, index: int) -> None:
+        problems = []
+        got_flags = flags_str(seg.flags)
+        want_flags = flags_str(self.flags) if isinstance(self.flags, int) else self.flags
+        if want_flags is not None and got_flags != want_flags:
+            problems.append(f"flags {got_flags!r} != {want_flags!r}")
+        for name, got in (("seq", seg.seq), ("ack", seg.ack), ("win", seg.window),
+                          ("len", len(seg.payload)), ("sport", seg.sport),
+                          ("dport", seg.dport)):
+            want = getattr(self, name)
+            if want is not None and got != (want & MASK if name in ("seq", "ack") else want):
+                problems.append(f"{name} {got} != {want & MASK if name in ('seq', 'ack') else want}")
+        if self.data is not None and bytes(seg.payload) != self.data:
+            problems.append(f"payload {bytes(seg.payload)[:40]!r}... != {self.data[:40]!r}...")
+        for name, got in (("mss", seg.mss), ("wscale", seg.wscale)):
+            want = getattr(self, name)
+            if want is False:
+                if got is not None:
+                    problems.append(f"{name} option present ({got}), expected none")
+            elif want is not None and got != want:
+                problems.append(f"{name} {got} != {want}")
+        if problems:
+            raise AssertionError(f"segment {index}: {seg!r}: " + "; ".join(problems))
+
+
+def drain(stack: Stack, now: float) -> list[Segment]:
+    """Everything the stack sends at `now`, parsed, with no assertion."""
+    out = []
+    for packet in stack.packets_to_send(now):
+        seg = parse_packet(bytes(packet))
+        assert isinstance(seg, Segment), seg
+        assert seg.src == addr_to_int(LOCAL)
+        seg.payload = bytes(seg.payload)
+        out.append(seg)
+    return out
+
+
+def expect(stack: Stack, now: float, *ladder: S) -> list[Segment]:
+    """Assert the stack sends exactly `ladder` at `now` (nothing, if empty)."""
+    out = drain(stack, now)
+    assert len(out) == len(ladder), f"expected {len(ladder)} segments, got {out!r}"
+    for i, (seg, pattern) in enumerate(zip(out, ladder)):
+        pattern.check(seg, i)
+    return out
+
+
+def events(stack: Stack) -> list:
+    out = []
+    while (e := stack.next_event()) is not None:
+        out.append(e)
+    return out
+
+
+def transitions(evs: list) -> list[tuple[str, str]]:
+    return [(e.old.value, e.new.value) for e in evs if isinstance(e, StateChanged)]
+
+
+def names(evs: list) -> list[str]:
+    """Event names, StateChanged written as 'OLD->NEW'."""
+    return [f"{e.old.value}->{e.new.value}" if isinstance(e, StateChanged) else type(e).__name__
+            for e in evs]
+
+
+class Peer:
+    """The scripted remote end. Tracks `seq` (its SND.NXT) and `ack` (its RCV.NXT).
+
+    `send` builds one segment, hands it to the stack and advances `seq` by the
+    sequence space it occupies (unless seq was given explicitly and
+    `advance=False`). Defaults: ACK number = self.ack when ACK is set.
+    """
+
+    def __init__(self, stack: Stack, *, port: int = 40000, stack_port: int = 80,
+                 addr: str = REMOTE, iss: int = 5000, window: int = 65535):
+        self.stack = stack
+        self.addr = addr_to_int(addr)
+        self.port = port
+        self.stack_port = stack_port
+        self.iss = iss & MASK
+        self.seq = self.iss
+        self.ack = 0
+        self.window = window
+
+    def packet(self, flags: int, *, seq: int | None = None, ack: int | None = None,
+               window: int | None = None, data: bytes = b"", options: bytes = b"",
+               sport: int | None = None, dport: int | None = None) -> bytes:
+        seq = self.seq if seq is None else seq & MASK
+        if ack is None:
+            ack = self.ack if flags & ACK else 0
+        return build_segment(self.addr, self.stack.address, sport or self.port,
+                             dport or self.stack_port, seq, ack & MASK, flags,
+                             self.window if window is None else window, options, data)
+
+    def send(self, flags: int, now: float, *, seq: int | None = None, ack: int | None = None,
+             window: int | None = None, data: bytes = b"", options: bytes = b"",
+             advance: bool = True, **kw) -> None:
+        start = self.seq if seq is None else seq & MASK
+        self.stack.receive(self.packet(flags, seq=start, ack=ack, window=window, data=data,
+                                       options=options, **kw), now)
+        if advance:
+            used = len(data) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+            end = (start + used) & MASK
+            if ((end - self.seq) & MASK) < (1 << 31):
+                self.seq = end
+
+    def syn(self, now: float, *, mss: int | None = 1460, wscale: int | None = None,
+            window: int | None = None) -> None:
+        self.seq = self.iss
+        self.send(SYN, now, options=build_options(mss=mss, wscale=wscale), window=window)
+
+    def syn_ack(self, now: float, ack: int, *, mss: int | None = 1460,
+                wscale: int | None = None, window: int | None = None) -> None:
+        self.seq = self.iss
+        self.ack = ack & MASK
+        self.send(SYN | ACK, now, options=build_options(mss=mss, wscale=wscale),
+                  window=window)
+
+    def took(self, seg: Segment) -> None:
+        """Advance RCV.NXT past a segment the stack sent (in order)."""
+        self.ack = (seg.seq + seg.seg_len) & MASK
+
+
+
+
+
+# ---------------------------------------------------------------- opened connections
+
+OUR_ISS = 2**32 - 3  # our SYN at 2**32-3: SND.NXT wraps after 2 data bytes
+PEER_ISS = 2**32 - 10  # the peer's: wraps after 9 data bytes
+
+
+def open_passive(isn: IsnControl, *, stack: Stack | None = None, our_iss: int = OUR_ISS,
+                 peer_iss: int = PEER_ISS, mss: int | None = 1460, wscale: int | None = None,
+                 window: int = 65535, now: float = 0.0, rtt: float = 0.5, port: int = 40000,
+                 **config):
+    """LISTEN on 80, peer SYN at `now`, its ACK at `now + rtt`. Returns (stack, peer, id).
+
+    The handshake's RTT sample is `rtt`: 0.5 gives SRTT 0.5, RTTVAR 0.25, RTO 1.5.
+    """
+    from usertcp.tcp import ConnectionAccepted
+
+    if stack is None:
+        stack = make_stack(**config)
+        stack.listen(80)
+    peer = Peer(stack, port=port, iss=peer_iss, window=window)
+    isn.set(our_iss)
+    peer.syn(now, mss=mss, wscale=wscale)
+    [synack] = expect(stack, now, S("S.", seq=our_iss, ack=peer_iss + 1))
+    peer.took(synack)
+    peer.send(ACK, now + rtt)
+    expect(stack, now + rtt)
+    accepted = [e for e in events(stack) if isinstance(e, ConnectionAccepted)]
+    assert len(accepted) == 1
+    return stack, peer, accepted[0].conn_id
+
+
+def open_active(isn: IsnControl, *, stack: Stack | None = None, our_iss: int = OUR_ISS,
+                peer_iss: int = PEER_ISS, mss: int | None = 1460, wscale: int | None = None,
+                window: int = 65535, now: float = 0.0, rtt: float = 0.5,
+                local_port: int = 50000, **config):
+    """connect() at `now`, the peer's SYN-ACK at `now + rtt`. Returns (stack, peer, id)."""
+    from usertcp.tcp import Connected
+
+    if stack is None:
+        stack = make_stack(**config)
+    isn.set(our_iss)
+    cid = stack.connect(REMOTE, 80, now, local_port=local_port)
+    peer = Peer(stack, port=80, stack_port=local_port, iss=peer_iss, window=window)
+    [syn] = expect(stack, now, S("S", seq=our_iss))
+    peer.took(syn)
+    peer.syn_ack(now + rtt, ack=our_iss + 1, mss=mss, wscale=wscale)
+    expect(stack, now + rtt, S(".", seq=our_iss + 1, ack=peer_iss + 1))
+    assert any(isinstance(e, Connected) for e in events(stack))
+    return stack, peer, cid
