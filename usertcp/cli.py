@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args) -> TcpConfig:
-    return TcpConfig(msl=args.msl, mss=max(88, args.mtu - 40))
+    # Clamped so an MTU out of range is reported as such (by the device), not as a bad MSS.
+    return TcpConfig(msl=args.msl, mss=min(65495, max(88, args.mtu - 40)))
 
 
 async def _serve(args, make_callback) -> int:
