@@ -28,6 +28,8 @@ from .wire.tcp import ACK, FIN, RST, SYN, Segment, build_segment
 
 __all__ = ["Stack", "TcpConfig", "State"]
 
+_CLOSED = State.CLOSED  # a module global: attribute lookups on the Enum class are slow
+
 
 class Stack:
     def __init__(self, address, *, config: TcpConfig | None = None):
@@ -89,7 +91,7 @@ class Stack:
             conn.on_segment(seg, now)
             return
         conn.on_segment(seg, now)
-        if conn.state is not State.CLOSED:
+        if conn.state is not _CLOSED:
             self._arm(conn)
 
     def _receive_other(self, packet, ip) -> None:
@@ -108,7 +110,7 @@ class Stack:
         if dirty:
             self.dirty = []
             for conn in dirty:
-                if conn.state is not State.CLOSED:
+                if conn.state is not _CLOSED:
                     conn.output(now)
                     self._arm(conn)
                 else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..wire.tcp import ACK, FIN, PSH, RST, SYN, Segment, build_options, build_segment
+from ..wire.tcp import ACK, FIN, PSH, RST, SYN, URG, Segment, build_options, build_segment
 from . import events as ev
 from .reassembly import Reassembly
 from .rtt import RttEstimator
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .host import Host
 
 _DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1, when the SYN carries no MSS option
+_OOW_ACK_INTERVAL = 0.5  # Linux net.ipv4.tcp_invalid_ratelimit: see _oow_ack
 
 ESTABLISHED = State.ESTABLISHED
 SYN_SENT = State.SYN_SENT
@@ -32,6 +33,7 @@ CLOSING = State.CLOSING
 LAST_ACK = State.LAST_ACK
 TIME_WAIT = State.TIME_WAIT
 CLOSED = State.CLOSED
+_PREDICTED = ACK | SYN | FIN | RST | URG  # of these, header prediction wants ACK alone
 
 
 class Connection:
@@ -43,7 +45,7 @@ class Connection:
         "dupacks", "recover", "in_recovery", "rtt", "rtt_seq", "rtt_time", "backoffs",
         "rto_at", "delack_at", "persist_at", "fin_wait_2_at", "armed", "unacked_segments",
         "ack_now", "data_event_pending", "nodelay", "dirty", "persist_probes", "accepted",
-        "retransmitted", "segments_in", "segments_out", "opened_at",
+        "retransmitted", "segments_in", "segments_out", "opened_at", "last_oow_ack",
     )
 
     def __init__(self, host: Host, conn_id: int, lport: int, remote: int, rport: int, iss: int,
@@ -106,6 +108,7 @@ class Connection:
         self.segments_in = 0
         self.segments_out = 0
         self.opened_at = now
+        self.last_oow_ack: float | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -192,6 +195,22 @@ class Connection:
             self.dirty = True
             self.host.dirty.append(self)
 
+    def _oow_ack(self, seg: Segment, now: float) -> None:
+        """The ACK that answers an unacceptable segment or an ACK of data never sent.
+
+        For a segment that occupies no sequence space (or is a SYN) at most one per
+        _OOW_ACK_INTERVAL per connection, as Linux does (tcp_oow_rate_limited): two ends
+        out of step, e.g. after one took an injected segment, would otherwise answer
+        each other's ACKs with ACKs forever, at wire speed (an ACK storm).
+        """
+        if not (seg.payload or seg.flags & FIN) or seg.flags & SYN:
+            last = self.last_oow_ack
+            if last is not None and 0 <= now - last < _OOW_ACK_INTERVAL:
+                self.host.count("oow_acks_suppressed")
+                return
+            self.last_oow_ack = now
+        self._xmit(ACK, self.snd_max)
+
     def _challenge_ack(self, now: float) -> None:
         if self.host.challenge_ack_allowed(now):
             self._xmit(ACK, self.snd_max)
@@ -225,6 +244,9 @@ class Connection:
 
     def on_segment(self, seg: Segment, now: float) -> None:
         self.segments_in += 1
+        if (self.state is ESTABLISHED and seg.flags & _PREDICTED == ACK
+                and seg.seq == self.rcv_nxt and self._predicted(seg, now)):
+            return
         if self.state is SYN_SENT:
             self._on_syn_sent(seg, now)
             return
@@ -267,7 +289,7 @@ class Connection:
                 if not flags & RST:
                     # RFC 9293: <SEQ=SND.NXT><ACK=RCV.NXT>. The RFC's SND.NXT is our snd_max:
                     # snd_nxt steps back on an RTO, and an ACK from there is refused as old.
-                    self._xmit(ACK, self.snd_max)
+                    self._oow_ack(seg, now)
                 self.host.count("rx_out_of_window")
                 return
         elif seg_len:
@@ -327,33 +349,16 @@ class Connection:
                     return
 
         # 7. Segment text.
-        if plen and self.state in CAN_RECEIVE:
+        state = self.state
+        if plen and (state is ESTABLISHED or state is FIN_WAIT_1 or state is FIN_WAIT_2):
+            # (CAN_RECEIVE spelled out: a frozenset lookup hashes the Enum in Python)
             if self.app_closed:
                 # Nobody will read it: tell the peer at once (RFC 2525 2.17).
                 self.host.count("data_after_close")
                 self.abort(now, "data after close")
                 return
             if offset == 0:
-                self.rcvbuf += payload
-                rcv_nxt = (rcv_nxt + plen) & MASK
-                if self.ooo:
-                    for piece in self.ooo.pop_ready(rcv_nxt):
-                        self.rcvbuf += piece
-                        rcv_nxt = (rcv_nxt + len(piece)) & MASK
-                    self.ack_now = True  # filled (part of) a hole: ACK at once (RFC 5681 4.2)
-                self.rcv_nxt = rcv_nxt
-                if not self.data_event_pending:
-                    self.data_event_pending = True
-                    self.host.emit(ev.DataReceived(self.id))
-                self.unacked_segments += 1
-                # ACK every second segment, or two MSS worth of bytes: a device
-                # with receive offload hands up one segment of up to 64 KB.
-                if (self.unacked_segments >= 2 or plen >= 2 * self.cfg.mss
-                        or not self.cfg.delayed_ack
-                        or self.ack_now):
-                    self.ack_now = True
-                elif self.delack_at is None:
-                    self.delack_at = now + self.cfg.delayed_ack_timeout
+                self._take_in_order(payload, plen, now)
             else:
                 self.ooo.add(seq, bytes(payload), rcv_nxt)
                 if flags & FIN:
@@ -376,6 +381,63 @@ class Connection:
             self.ack_now = True  # a retransmitted FIN: ACK it again
         if self.ack_now or self.unacked_segments:
             self._mark()
+
+    def _predicted(self, seg: Segment, now: float) -> bool:
+        """Header prediction: the two segments a bulk transfer is made of, handled in short.
+
+        In ESTABLISHED, with only ACK (and maybe PSH) set and SEG.SEQ = RCV.NXT, either
+        in-order data that fits the window and acknowledges nothing new, or a pure ACK of
+        new data. Each step below is what on_segment's general path does for exactly that
+        segment; anything else returns False and takes the general path.
+        """
+        if self.ooo_fin is not None:
+            return False
+        payload = seg.payload
+        una = self.snd_una
+        ack = seg.ack
+        if payload:
+            if ack != una or self.ooo or self.app_closed:
+                return False
+            plen = len(payload)
+            rcv_nxt = self.rcv_nxt
+            wnd = (self.rcv_adv - rcv_nxt) & MASK
+            if plen > wnd or wnd >= HALF:
+                return False
+            self._update_window(seg)
+            self._take_in_order(payload, plen, now)
+            self._mark()
+            return True
+        acked = (ack - una) & MASK
+        if not 0 < acked <= ((self.snd_max - una) & MASK):
+            return False
+        self._on_new_ack(seg, ack, acked, now)
+        self._update_window(seg)
+        if self.ack_now or self.unacked_segments:
+            self._mark()
+        return True
+
+    def _take_in_order(self, payload, plen: int, now: float) -> None:
+        """Segment text that starts at RCV.NXT: into the buffer, with what it unblocks."""
+        self.rcvbuf += payload
+        rcv_nxt = (self.rcv_nxt + plen) & MASK
+        if self.ooo:
+            for piece in self.ooo.pop_ready(rcv_nxt):
+                self.rcvbuf += piece
+                rcv_nxt = (rcv_nxt + len(piece)) & MASK
+            self.ack_now = True  # filled (part of) a hole: ACK at once (RFC 5681 4.2)
+        self.rcv_nxt = rcv_nxt
+        if not self.data_event_pending:
+            self.data_event_pending = True
+            self.host.emit(ev.DataReceived(self.id))
+        self.unacked_segments += 1
+        # ACK every second segment, or two MSS worth of bytes: a device
+        # with receive offload hands up one segment of up to 64 KB.
+        cfg = self.cfg
+        if (self.unacked_segments >= 2 or plen >= 2 * cfg.mss or not cfg.delayed_ack
+                or self.ack_now):
+            self.ack_now = True
+        elif self.delack_at is None:
+            self.delack_at = now + cfg.delayed_ack_timeout
 
     def _on_syn_sent(self, seg: Segment, now: float) -> None:
         """RFC 9293 3.10.7.3."""
@@ -450,7 +512,7 @@ class Connection:
         if acked > in_flight:
             if acked < HALF:  # acks something we never sent
                 self.host.count("ack_of_unsent")
-                self._xmit(ACK, self.snd_max)
+                self._oow_ack(seg, now)
                 return False
             # An old ACK: fine unless older than any window we offered (RFC 5961 5.2).
             if ((una - ack) & MASK) > self.max_snd_wnd:
@@ -479,7 +541,9 @@ class Connection:
         if ((self.snd_nxt - ack) & MASK) >= HALF:  # after an RTO rewind, the ACK overtook SND.NXT
             self.snd_nxt = ack
         self._rtt_ack(ack, now)
-        self.backoffs = 0
+        if self.backoffs:
+            self.backoffs = 0
+            self.rtt.reset_backoff()
         # Congestion control: NewReno (RFC 5681, RFC 6582).
         if self.in_recovery:
             if ((ack - self.recover) & MASK) < HALF:  # full ACK: leave recovery
@@ -541,6 +605,10 @@ class Connection:
         self.peer_fin = True
         self.ooo_fin = None
         self.rcv_nxt = (self.rcv_nxt + 1) & MASK
+        if ((self.rcv_adv - self.rcv_nxt) & MASK) >= HALF:
+            # The FIN sat just past the right edge of the window (data filled it exactly);
+            # it is taken, as Linux takes it. Keep RCV.ADV from falling behind RCV.NXT.
+            self.rcv_adv = self.rcv_nxt
         self.ack_now = True  # a FIN is acknowledged at once
         self._mark()
         self.host.emit(ev.PeerClosed(self.id))
@@ -579,12 +647,18 @@ class Connection:
 
     def _send_data(self, now: float) -> bool:
         """Segment the send buffer by MSS within min(cwnd, SND.WND); Nagle; FIN."""
+        buf = self.sndbuf
+        if not buf and not self.fin_queued:
+            return False  # nothing to send: the usual case for an ACK on the receiving side
+        with memoryview(buf) as view:  # one view for the burst: nothing here resizes buf
+            return self._send_segments(view, now)
+
+    def _send_segments(self, view: memoryview, now: float) -> bool:
         mss = self.snd_mss
         # With segmentation offload a segment may carry many MSS; the device
         # cuts it at MTU boundaries, so only when our MSS fills the MTU.
         chunk = self.cfg.tso_max // mss * mss if self.cfg.tso_max and mss == self.cfg.mss else mss
-        buf = self.sndbuf
-        buflen = len(buf)
+        buflen = len(view)
         sent_any = False
         flags_base = ACK
         while True:
@@ -615,8 +689,7 @@ class Connection:
                     flags |= PSH
                     if self.fin_queued:
                         flags |= FIN
-                with memoryview(buf) as view:
-                    self._xmit(flags, nxt, view[off:off + size])
+                self._xmit(flags, nxt, view[off:off + size])
                 end = (nxt + size + (1 if flags & FIN else 0)) & MASK
                 self._advance(nxt, end, now)
                 sent_any = True
@@ -668,10 +741,16 @@ class Connection:
     # ------------------------------------------------------------ timers
 
     def next_deadline(self) -> float | None:
-        best = self.rto_at
-        for t in (self.delack_at, self.persist_at, self.fin_wait_2_at):
-            if t is not None and (best is None or t < best):
-                best = t
+        best = self.rto_at  # unrolled: this runs after every segment
+        t = self.delack_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.persist_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.fin_wait_2_at
+        if t is not None and (best is None or t < best):
+            best = t
         return best
 
     def on_timer(self, now: float) -> None:

@@ -29,3 +29,14 @@ class RttEstimator:
 
     def backoff(self) -> None:
         self.rto = min(self.rto * 2, self.rto_max)
+
+    def reset_backoff(self) -> None:
+        """New data was acknowledged after timeouts: the path works again.
+
+        RTO collapses to the estimate instead of staying backed off until a
+        fresh sample (which Karn's rule may withhold for a long time while
+        only retransmissions are in flight), as BSD and Linux do.
+        """
+        if self.srtt is not None:
+            rto = self.srtt + max(_GRANULARITY, 4 * self.rttvar)
+            self.rto = min(max(rto, self.rto_min), self.rto_max)
