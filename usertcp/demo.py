@@ -210,7 +210,7 @@ class _StateTap:
 
     def info(self, event: str, **kw) -> None:
         if event == "tcp.state":
-            now = self.loop.time()
+            now = kw.get("at", self.loop.time())  # the engine's own time of the change
             self.changes.append((now, kw["old"], kw["new"], kw["cause"]))
             if kw["old"] == "TIME-WAIT" and kw["new"] == "CLOSED" \
                     and not self.time_wait_over.done():

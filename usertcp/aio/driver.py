@@ -20,6 +20,7 @@ import structlog
 from ..stack import Stack as CoreStack
 from ..tcp import events as ev
 from ..tcp.config import TcpConfig
+from ..wire.errors import DropReason
 from ..wire.ipv4 import addr_to_int
 from .server import Server
 from .transport import TcpTransport
@@ -62,6 +63,10 @@ class Stack:
         self._drops_logged: dict[str, int] = {}
         self._closed = False
         self._rx_verified = bool(getattr(device, "rx_checksum_verified", False))
+        # A device that verifies TCP checksums itself (TUN offload) counts the bad ones;
+        # they go into the engine's drops under the reason the engine would have used.
+        self._csum_device = _innermost_with(device, "rx_bad_checksum")
+        self._csum_bad_seen = 0
         self._fd = device.fileno()
         if self._fd is not None:
             self.loop.add_reader(self._fd, self._on_readable)
@@ -193,6 +198,11 @@ class Stack:
                 receive(packet, now, checksum_verified=verified)
             if len(packets) < _BATCH:
                 break
+        if self._csum_device is not None:
+            bad = self._csum_device.rx_bad_checksum
+            if bad != self._csum_bad_seen:
+                self.core.drops[DropReason.BAD_TCP_CHECKSUM.value] += bad - self._csum_bad_seen
+                self._csum_bad_seen = bad
         self._after_input()
 
     def _on_timer(self) -> None:
@@ -348,7 +358,7 @@ class Stack:
                       local=f"{event.local[0]}:{event.local[1]}",
                       remote=f"{event.remote[0]}:{event.remote[1]}",
                       old=str(event.old), new=str(event.new), cause=event.cause,
-                      seq=event.seq, ack=event.ack)
+                      seq=event.seq, ack=event.ack, at=round(event.time, 6))
 
     def _log_drops(self) -> None:
         seen = self._drops_logged
@@ -357,6 +367,15 @@ class Stack:
                 self.log.warning("packet.dropped", reason=reason, count=count - seen.get(reason, 0),
                                  total=count)
                 seen[reason] = count
+
+
+def _innermost_with(device, attribute: str):
+    """The first device down the middleware chain (`.inner`) that has `attribute`."""
+    for _ in range(16):  # a chain is a few devices deep; never loop on a cycle
+        if device is None or hasattr(device, attribute):
+            return device
+        device = getattr(device, "inner", None)
+    return None
 
 
 class _Opener:
