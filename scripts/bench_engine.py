@@ -14,7 +14,10 @@ Rows:
   back-to-back two Stacks in one process moving 50 MB (one way, then both ways), MB/s of
                payload, with checksums, with checksum offload, and with 64 KB TSO segments.
 
-Each figure is the best of --repeat runs (µs are per segment or per ACK).
+Each figure is the best of --repeat runs (µs are per segment or per ACK). The receive and
+send paths run twice: with the default options (SACK and timestamps negotiated: every
+segment, sent or received, carries a TSopt, which the receive path checks for PAWS and
+TS.Recent and the send path uses to measure RTT) and with neither.
 
     python scripts/bench_engine.py [--repeat 5] [--segments 20000] [--mb 50] [--profile]
 """
@@ -35,7 +38,7 @@ from usertcp.stack import Stack
 from usertcp.tcp.config import TcpConfig
 from usertcp.tcp.seq import MASK
 from usertcp.wire.packet import parse_packet
-from usertcp.wire.tcp import ACK, PSH, build_segment
+from usertcp.wire.tcp import ACK, PSH, build_options, build_segment
 
 A_ADDR, B_ADDR = "10.0.0.1", "10.0.0.2"
 MSS = 1460
@@ -78,9 +81,18 @@ def conn_of(stack: Stack, conn_id: int):
 
 # ---------------------------------------------------------------------------- rx data
 
-def bench_rx(n_segments: int, batch: int, verified: bool, profile: cProfile.Profile | None = None):
+def ts_option(conn, now: float) -> bytes:
+    """The TSopt `conn` would put on a segment at `now` (b"" without timestamps)."""
+    if not conn.ts_ok:
+        return b""
+    conn.clock = now
+    return build_options(timestamp=(conn._ts_now(), conn.ts_recent))
+
+
+def bench_rx(n_segments: int, batch: int, verified: bool, profile: cProfile.Profile | None = None,
+             config: TcpConfig | None = None):
     """Returns (µs per segment for receive + packets_to_send, µs per segment for recv())."""
-    a, b, a_id, b_id = established()
+    a, b, a_id, b_id = established(config)
     ca, cb = conn_of(a, a_id), conn_of(b, b_id)
     payload = bytes(range(256)) * 6
     payload = payload[:MSS]
@@ -89,9 +101,13 @@ def bench_rx(n_segments: int, batch: int, verified: bool, profile: cProfile.Prof
     window = 65535 >> 0 if not ca.rcv_wscale else (256 * 1024) >> ca.rcv_wscale
     src, dst = ca.local, ca.remote
     packets = []
+    # With timestamps a segment carries 12 bytes less data; the TSval ticks every 1 ms.
+    size = MSS - (12 if ca.ts_ok else 0)
+    payload = payload[:size]
     for i in range(n_segments):
-        packets.append(build_segment(src, dst, ca.lport, ca.rport, (seq + i * MSS) & MASK, ack,
-                                     ACK | PSH, window, b"", payload))
+        opts = ts_option(ca, 0.01 + i * 0.0001 / batch)
+        packets.append(build_segment(src, dst, ca.lport, ca.rport, (seq + i * size) & MASK, ack,
+                                     ACK | PSH, window, opts, payload))
     receive = b.receive
     to_send = b.packets_to_send
     recv = b.recv
@@ -114,18 +130,20 @@ def bench_rx(n_segments: int, batch: int, verified: bool, profile: cProfile.Prof
         now += 0.0001
     if profile:
         profile.disable()
-    assert cb.rcv_nxt == (seq + n_segments * MSS) & MASK, "segments were not all taken in order"
+    assert cb.rcv_nxt == (seq + n_segments * size) & MASK, "segments were not all taken in order"
     assert b.drops.total() == 0
+    assert not b.counters["paws_rejected"]
     return t_engine / n_segments * 1e6, t_recv / n_segments * 1e6, acks / n_segments
 
 
 # ---------------------------------------------------------------------------- tx ack
 
-def bench_tx(n_acks: int, batch: int, profile: cProfile.Profile | None = None):
+def bench_tx(n_acks: int, batch: int, profile: cProfile.Profile | None = None, **options):
     """µs per ACK: (receive of the ACK, packets_to_send building new data, send() refill)."""
-    config = TcpConfig(send_buffer=4 * 1024 * 1024)
+    config = TcpConfig(send_buffer=4 * 1024 * 1024, **options)
     a, b, a_id, b_id = established(config)
     ca, cb = conn_of(a, a_id), conn_of(b, b_id)
+    mss = ca.snd_mss
     big = memoryview(bytes(64 * 1024 * 1024))
     sent = a.send(a_id, big[:config.send_buffer], 0.0)
     a.packets_to_send(0.0)
@@ -133,8 +151,17 @@ def bench_tx(n_acks: int, batch: int, profile: cProfile.Profile | None = None):
     window = (1 << 30) >> cb.rcv_wscale if cb.rcv_wscale else 65535
     window = min(window, 65535)
     warm = 2000
+    # With timestamps each ACK echoes our TSval of 1 ms before it is taken (the loop below
+    # moves the clock 10 µs per round): a fresh RTT sample whenever the millisecond turns.
+    def echo(i: int) -> bytes:
+        if not ca.ts_ok:
+            return b""
+        rounds = i if i < warm else warm + (i - warm) // batch
+        ms = int((0.001 + 0.00001 * rounds) * 1000) - 1
+        return build_options(timestamp=(ca.ts_recent, (ca.ts_offset + ms) & MASK))
+
     acks = [build_segment(cb.local, cb.remote, cb.lport, cb.rport, cb.snd_nxt,
-                          (base + 2 * MSS * (i + 1)) & MASK, ACK, window)
+                          (base + 2 * mss * (i + 1)) & MASK, ACK, window, echo(i))
             for i in range(warm + n_acks)]
     receive = a.receive
     to_send = a.packets_to_send
@@ -167,9 +194,9 @@ def bench_tx(n_acks: int, batch: int, profile: cProfile.Profile | None = None):
             segs += len(out)
     if profile:
         profile.disable()
-    assert ca.snd_una == (base + 2 * MSS * (warm + n_acks)) & MASK, "ACKs were not all taken"
+    assert ca.snd_una == (base + 2 * mss * (warm + n_acks)) & MASK, "ACKs were not all taken"
     return (t_ack / n_acks * 1e6, t_build / n_acks * 1e6, t_send / n_acks * 1e6,
-            segs / n_acks, ca.cwnd // MSS)
+            segs / n_acks, ca.cwnd // mss)
 
 
 # ---------------------------------------------------------------------------- wire
@@ -257,23 +284,32 @@ def main() -> None:
     r = args.repeat
 
     print(f"Python {sys.version.split()[0]}, {n:,} segments per run, best of {r}\n")
-    print(f"{'receive path (in-order 1460-byte data, ESTABLISHED)':<58}{'µs/seg':>8}"
-          f"{'recv() µs':>11}{'ACKs/seg':>10}")
-    for batch in (2, 16):
-        for verified in (False, True):
-            res = min((bench_rx(n, batch, verified) for _ in range(r)), key=lambda x: x[0])
-            label = (f"  receive + packets_to_send every {batch:>2}, "
-                     f"{'no checksum' if verified else 'checksum'}")
-            print(f"{label:<58}{res[0]:8.2f}{res[1]:11.2f}{res[2]:10.2f}")
+    variants = (("SACK + timestamps (default)", {}),
+                ("no SACK, no timestamps", {"sack": False, "timestamps": False}))
+    for title, options in variants:
+        print(f"{'receive path (in-order MSS data, ESTABLISHED): ' + title:<72}{'µs/seg':>8}"
+              f"{'recv() µs':>11}{'ACKs/seg':>10}")
+        for batch in (2, 16):
+            for verified in (False, True):
+                res = min((bench_rx(n, batch, verified, config=TcpConfig(**options))
+                           for _ in range(r)), key=lambda x: x[0])
+                label = (f"  receive + packets_to_send every {batch:>2}, "
+                         f"{'no checksum' if verified else 'checksum'}")
+                print(f"{label:<72}{res[0]:8.2f}{res[1]:11.2f}{res[2]:10.2f}")
+        print()
 
-    print(f"\n{'send path (ACKs of 2*MSS, plenty queued)':<40}{'ack µs':>8}{'build µs':>10}"
-          f"{'send() µs':>11}{'segs/ACK':>10}{'cwnd':>7}")
-    for batch in (1, 16):
-        res = min((bench_tx(n, batch) for _ in range(r)), key=lambda x: x[0] + x[1])
-        label = f"  packets_to_send after every {batch:>2} ACK{'s' if batch > 1 else ''}"
-        print(f"{label:<40}{res[0]:8.2f}{res[1]:10.2f}{res[2]:11.2f}{res[3]:10.2f}{res[4]:7d}")
+    for title, options in variants:
+        print(f"{'send path (ACKs of 2*MSS): ' + title:<54}{'ack µs':>8}{'build µs':>10}"
+              f"{'send() µs':>11}{'segs/ACK':>10}{'cwnd':>7}")
+        for batch in (1, 16):
+            res = min((bench_tx(n, batch, **options) for _ in range(r)),
+                      key=lambda x: x[0] + x[1])
+            label = f"  packets_to_send after every {batch:>2} ACK{'s' if batch > 1 else ''}"
+            print(f"{label:<54}{res[0]:8.2f}{res[1]:10.2f}{res[2]:11.2f}{res[3]:10.2f}"
+                  f"{res[4]:7d}")
+        print()
 
-    print(f"\n{'wire alone':<48}{'µs':>8}")
+    print(f"{'wire alone':<48}{'µs':>8}")
     for label, us in bench_wire(r):
         print(f"  {label:<46}{us:8.2f}")
 

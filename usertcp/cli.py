@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import signal
 import sys
 
@@ -14,6 +15,61 @@ from .tcp.errors import TcpError
 
 EXIT_USAGE = 2  # bad arguments, device or address problems
 EXIT_CONNECTION = 1  # refused, reset or timed out
+
+# --fault SPEC: key=value pairs for usertcp.phy.FaultInjector, and how to read each value.
+_FAULT_KEYS = {"seed": int, "loss": float, "duplicate": float, "reorder": float,
+               "reorder_depth": int, "reorder_timeout": float, "corrupt": float,
+               "delay": float, "jitter": float, "direction": str}
+
+
+def parse_fault(spec: str) -> dict:
+    """`seed=7,loss=0.05,direction=both` -> FaultInjector keyword arguments.
+
+    Raises ValueError (one line) for anything malformed. Without `seed` one is
+    drawn at random; it is in the result (and the service's log) to replay a run.
+    """
+    kwargs: dict = {}
+    for item in spec.split(","):
+        key, sep, value = item.strip().partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ValueError(f"--fault: expected key=value, got {item.strip()!r}")
+        if key not in _FAULT_KEYS:
+            raise ValueError(f"--fault: unknown key {key!r} (known: {', '.join(_FAULT_KEYS)})")
+        if key in kwargs:
+            raise ValueError(f"--fault: {key!r} given twice")
+        try:
+            kwargs[key] = _FAULT_KEYS[key](value)
+        except ValueError:
+            raise ValueError(f"--fault: {key}={value!r} is not a valid "
+                             f"{_FAULT_KEYS[key].__name__}") from None
+    kwargs.setdefault("seed", secrets.randbelow(2 ** 31))
+    return kwargs
+
+
+def parse_keepalive(spec: str) -> tuple[float, float, int]:
+    """`--keepalive IDLE,INTERVAL,PROBES`, e.g. `60,10,5` -> (60.0, 10.0, 5)."""
+    parts = [p.strip() for p in spec.split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected IDLE,INTERVAL,PROBES, got {spec!r}")
+    try:
+        idle, interval, probes = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected IDLE,INTERVAL,PROBES (seconds, seconds, count), got {spec!r}") from None
+    if idle <= 0 or interval <= 0 or probes < 1:
+        raise argparse.ArgumentTypeError("keepalive IDLE and INTERVAL must be > 0, PROBES >= 1")
+    return idle, interval, probes
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
 
 
 def _common(parser: argparse.ArgumentParser, port: int | None) -> None:
@@ -27,8 +83,23 @@ def _common(parser: argparse.ArgumentParser, port: int | None) -> None:
                         help="maximum segment lifetime in seconds; TIME-WAIT is 2*MSL")
     parser.add_argument("--mtu", type=int, default=1500)
     parser.add_argument("--pcap", help="write every packet to this pcap file")
+    parser.add_argument("--fault", metavar="SPEC",
+                        help="inject seeded faults, e.g. seed=7,loss=0.05,duplicate=0.01,"
+                             "reorder=0.05,reorder_depth=10,corrupt=0.01,delay=0.002,"
+                             "jitter=0.001,direction=both|rx|tx (corrupt needs --no-offload)")
     parser.add_argument("--no-offload", dest="offload", action="store_false",
                         help="one packet per MSS and software checksums (no virtio-net offload)")
+    parser.add_argument("--no-sack", dest="sack", action="store_false",
+                        help="do not offer SACK (RFC 2018); loss recovery is NewReno")
+    parser.add_argument("--no-timestamps", dest="timestamps", action="store_false",
+                        help="do not offer timestamps (RFC 7323: RTT measurement, PAWS)")
+    parser.add_argument("--keepalive", metavar="IDLE,INTERVAL,PROBES", type=parse_keepalive,
+                        help="keepalive on every connection: probe after IDLE s of silence, "
+                             "every INTERVAL s, reset after PROBES unanswered (Linux: "
+                             "7200,75,9); off by default")
+    parser.add_argument("--user-timeout", metavar="SECONDS", type=_positive_seconds,
+                        help="TCP_USER_TIMEOUT: give up on a connection whose data stays "
+                             "unacknowledged (or probes unanswered) this long")
     parser.add_argument("--log-level", default="info", choices=log.LEVELS)
     parser.add_argument("--log-format", default="console", choices=("console", "json"))
 
@@ -57,26 +128,73 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args) -> TcpConfig:
     # Clamped so an MTU out of range is reported as such (by the device), not as a bad MSS.
-    return TcpConfig(msl=args.msl, mss=min(65495, max(88, args.mtu - 40)))
+    extra: dict = {}
+    keepalive = getattr(args, "keepalive", None)
+    if keepalive is not None:
+        extra.update(keepalive=True, keepalive_idle=keepalive[0],
+                     keepalive_interval=keepalive[1], keepalive_probes=keepalive[2])
+    if getattr(args, "user_timeout", None) is not None:
+        extra["user_timeout"] = args.user_timeout
+    extra["sack"] = getattr(args, "sack", True)
+    extra["timestamps"] = getattr(args, "timestamps", True)
+    return TcpConfig(msl=args.msl, mss=min(65495, max(88, args.mtu - 40)), **extra)
+
+
+def _fault(args) -> dict | None:
+    if not args.fault:
+        return None
+    fault = parse_fault(args.fault)
+    if fault.get("corrupt") and args.offload:
+        # With offload checksums are partial or vouched for by the kernel: a flipped bit
+        # would go unnoticed and corrupt data instead of testing recovery.
+        raise ValueError("--fault corrupt=... needs --no-offload (with offload, checksums "
+                         "are left to the kernel and corruption would go undetected)")
+    return fault
+
+
+def _status(stack) -> None:
+    """SIGUSR1: log the connection table, counters, drops and memory."""
+    extra = {}
+    fault = stack.device
+    for _ in range(8):  # find a FaultInjector in the middleware chain, for its stats
+        if fault is None or hasattr(fault, "rx_stats"):
+            break
+        fault = getattr(fault, "inner", None)
+    if fault is not None and hasattr(fault, "rx_stats"):
+        extra["fault"] = {"rx": fault.rx_stats, "tx": fault.tx_stats}
+    stack.log.info("connections", table=stack.connections(), counters=dict(stack.counters),
+                   drops=dict(stack.drops), rss_kb=_rss_kb(), **extra)
+
+
+def _rss_kb() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 async def _serve(args, make_callback) -> int:
     from .aio import Stack
 
     callback = make_callback()
+    fault = _fault(args)
     async with Stack.open(args.tun, args.address, args.host_address, mtu=args.mtu,
-                          config=_config(args), pcap=args.pcap, offload=args.offload) as stack:
+                          config=_config(args), pcap=args.pcap, fault=fault,
+                          offload=args.offload) as stack:
         server = await stack.start_server(callback, args.port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         # Read-only status: `kill -USR1 PID` logs the connection table (TIME-WAIT entries too).
-        loop.add_signal_handler(signal.SIGUSR1, lambda: stack.log.info(
-            "connections", table=stack.connections()))
+        loop.add_signal_handler(signal.SIGUSR1, _status, stack)
         # Only now: a signal sent as soon as this line shows must find its handler in place.
         stack.log.info("service.ready", service=args.command, address=stack.address,
-                       port=args.port, tun=args.tun)
+                       port=args.port, tun=args.tun, **({"fault": fault} if fault else {}))
         await stop.wait()
         stack.log.info("service.stopping", open_connections=len(stack.connections()) - 1)
         server.close()
@@ -88,7 +206,8 @@ async def _connect(args) -> int:
     from .apps.connect import run_connect
 
     async with Stack.open(args.tun, args.address, args.host_address, mtu=args.mtu,
-                          config=_config(args), pcap=args.pcap, offload=args.offload) as stack:
+                          config=_config(args), pcap=args.pcap, fault=_fault(args),
+                          offload=args.offload) as stack:
         return await run_connect(stack, args.host, args.port)
 
 

@@ -14,17 +14,19 @@ from collections import Counter, deque
 from .tcp import events as ev
 from .tcp.config import TcpConfig
 from .tcp.connection import Connection
-from .tcp.errors import ConnectionNotWritable, NoFreePort, PortInUse, UnknownConnection
+from .tcp.errors import (ConnectionNotWritable, NoFreePort, PortInUse, TooManyConnections,
+                         UnknownConnection)
 from .tcp.isn import initial_sequence_number
 from .tcp.listener import Listener
 from .tcp.seq import MASK
 from .tcp.state import CAN_SEND, State
+from .tcp.syncookie import SLOT_SECONDS, check_cookie, make_cookie
 from .tcp.timewait import TimeWait
 from .wire.errors import DropReason, MalformedPacket
 from .wire.icmp import echo_reply_for
 from .wire.ipv4 import PROTO_ICMP, addr_to_int, int_to_addr
 from .wire.packet import parse_packet
-from .wire.tcp import ACK, FIN, RST, SYN, Segment, build_segment
+from .wire.tcp import ACK, FIN, RST, SYN, Segment, build_options, build_segment
 
 __all__ = ["Stack", "TcpConfig", "State"]
 
@@ -56,6 +58,7 @@ class Stack:
         self._leftover: dict[int, bytearray] = {}
         self._challenge_second = -1
         self._challenge_count = 0
+        self._live = 0  # Connection objects (TIME-WAIT entries not counted): max_connections
 
     # ------------------------------------------------------------ packets
 
@@ -90,6 +93,7 @@ class Stack:
                 return
             conn.on_segment(seg, now)
             return
+        conn.last_rx = now  # keepalive idles from here
         conn.on_segment(seg, now)
         if conn.state is not _CLOSED:
             self._arm(conn)
@@ -121,14 +125,23 @@ class Stack:
 
     # ------------------------------------------------------------ opening
 
-    def listen(self, port: int, backlog: int | None = None) -> None:
+    def listen(self, port: int, backlog: int | None = None, *,
+               max_connections: int | None = None) -> None:
+        """Accept connections on `port`.
+
+        `backlog` bounds the accept queue (default TcpConfig.backlog), TcpConfig.syn_backlog
+        the half-open connections, `max_connections` (None: unlimited) all live connections
+        of this port; see Listener.
+        """
         if not 0 < port < 65536:
             raise ValueError(f"port {port} out of range 1..65535")
         if port in self._listeners:
             raise PortInUse(f"port {port} is already listening")
+        if max_connections is not None and max_connections < 1:
+            raise ValueError("max_connections must be >= 1 (or None)")
         cfg = self.config
         self._listeners[port] = Listener(port, backlog if backlog is not None else cfg.backlog,
-                                         cfg.syn_backlog)
+                                         cfg.syn_backlog, max_connections)
 
     def unlisten(self, port: int) -> None:
         """Stop accepting on `port`; established connections are not touched."""
@@ -136,9 +149,13 @@ class Stack:
 
     def connect(self, remote_address, remote_port: int, now: float,
                 local_port: int | None = None) -> int:
+        """Active open. Raises TooManyConnections at TcpConfig.max_connections."""
         remote = addr_to_int(remote_address)
         if not 0 < remote_port < 65536:
             raise ValueError(f"port {remote_port} out of range 1..65535")
+        if self._live >= self.config.max_connections:
+            raise TooManyConnections(f"{self._live} connections: TcpConfig.max_connections is "
+                                     f"{self.config.max_connections}")
         if local_port is None:
             local_port = self._ephemeral_port(remote, remote_port)
         elif (remote, remote_port, local_port) in self._conns:
@@ -160,37 +177,98 @@ class Stack:
         raise NoFreePort(f"no free local port for {int_to_addr(remote)}:{rport}")
 
     def _new_connection(self, lport: int, remote: int, rport: int, now: float,
-                        listener: Listener | None = None) -> Connection:
-        iss = initial_sequence_number(self.config.isn_secret, self.address, lport, remote, rport,
-                                      now)
+                        listener: Listener | None = None, iss: int | None = None) -> Connection:
+        if iss is None:
+            iss = initial_sequence_number(self.config.isn_secret, self.address, lport, remote,
+                                          rport, now)
         conn = Connection(self, next(self._ids), lport, remote, rport, iss, now, listener)
         self._conns[conn.key] = conn
         self._by_id[conn.id] = conn
+        self._live += 1
+        if listener is not None:
+            listener.connections += 1
         return conn
 
     def _on_listen(self, listener: Listener, seg: Segment, now: float) -> None:
-        """RFC 9293 3.10.7.2, LISTEN."""
+        """RFC 9293 3.10.7.2, LISTEN; with SYN cookies (RFC 4987) when the backlog is full.
+
+        A SYN finds room (accept queue, listener and stack limits) or is dropped, not
+        refused: the client retransmits and may find room then (counter listen_overflow).
+        With room but the SYN backlog full it is answered with a cookie and no state.
+        An ACK is checked as the return of a cookie while this port has sent cookies in
+        the last two cookie slots (128 s); otherwise, or when it does not check out,
+        it is reset as RFC 9293 says.
+        """
         flags = seg.flags
         if flags & RST:
             return
         if flags & ACK:
+            if (not flags & SYN and listener.cookie_sent_at is not None
+                    and now - listener.cookie_sent_at < 2 * SLOT_SECONDS
+                    and self._cookie_ack(listener, seg, now)):
+                return
             self.send_reset_for(seg, now)
             return
         if not flags & SYN:
             return
-        if not listener.has_room():
-            # Dropped, not refused: the client retransmits and may find room then.
+        if not listener.has_room() or self._live >= self.config.max_connections:
             self.counters["listen_overflow"] += 1
+            return
+        if listener.half_open >= listener.syn_backlog:
+            if self.config.syn_cookies:
+                self._send_cookie(listener, seg, now)
+            else:
+                self.counters["listen_overflow"] += 1
             return
         listener.half_open += 1
         conn = self._new_connection(seg.dport, seg.src, seg.sport, now, listener)
         conn.open_passive(seg, now)
         self._arm(conn)
 
+    def _send_cookie(self, listener: Listener, syn: Segment, now: float) -> None:
+        """A SYN-ACK whose ISN is a cookie (tcp/syncookie.py): MSS only, no other option."""
+        cfg = self.config
+        cookie = make_cookie(cfg.isn_secret, self.address, syn.dport, syn.src, syn.sport,
+                             syn.seq, syn.mss, now)
+        listener.cookie_sent_at = now
+        self.counters["syn_cookies_sent"] += 1
+        self.out.append(build_segment(
+            self.address, syn.src, syn.dport, syn.sport, cookie, (syn.seq + 1) & MASK,
+            SYN | ACK, min(cfg.receive_buffer, 65535), build_options(mss=cfg.mss), ttl=cfg.ttl,
+            csum_offload=cfg.tx_checksum_offload))
+
+    def _cookie_ack(self, listener: Listener, seg: Segment, now: float) -> bool:
+        """An ACK for a port with no connection: the end of a cookie handshake?
+
+        True when the segment was taken (a connection made, or dropped for want of
+        room); False when it is no cookie of ours and should be reset.
+        """
+        cfg = self.config
+        peer_isn = (seg.seq - 1) & MASK
+        mss = check_cookie(cfg.isn_secret, self.address, seg.dport, seg.src, seg.sport, peer_isn,
+                           (seg.ack - 1) & MASK, now)
+        if mss is None:
+            self.counters["syn_cookies_rejected"] += 1
+            return False
+        if not listener.has_room() or self._live >= cfg.max_connections:
+            # As for a SYN: dropped. The client retransmits its data (or ACK) and may
+            # find room then, while the cookie is valid.
+            self.counters["listen_overflow"] += 1
+            return True
+        self.counters["syn_cookies_accepted"] += 1
+        listener.half_open += 1  # accepted() takes it back as the connection is established
+        conn = self._new_connection(seg.dport, seg.src, seg.sport, now, listener,
+                                    iss=(seg.ack - 1) & MASK)
+        conn.last_rx = now
+        conn.open_cookie(seg, mss, now)
+        if conn.state is not _CLOSED:
+            self._arm(conn)
+        return True
+
     def _may_reuse(self, tw: TimeWait, seg: Segment) -> bool:
-        # RFC 6191 without timestamps: a SYN beyond the old connection's sequence space.
-        return (seg.dport in self._listeners
-                and 0 < ((seg.seq - tw.rcv_nxt) & MASK) < (1 << 31))
+        # RFC 6191: by timestamps when both incarnations have them, else a SYN beyond the
+        # old connection's sequence space (TimeWait.may_reuse).
+        return seg.dport in self._listeners and tw.may_reuse(seg, self.config.timestamps)
 
     # ------------------------------------------------------------ application calls
 
@@ -259,6 +337,32 @@ class Stack:
     def set_nodelay(self, conn_id: int, nodelay: bool) -> None:
         self._get(conn_id).nodelay = nodelay
 
+    def set_keepalive(self, conn_id: int, enabled: bool, idle: float | None = None,
+                      interval: float | None = None, probes: int | None = None,
+                      now: float | None = None) -> None:
+        """SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT for one connection.
+
+        Values left None keep the connection's current ones (TcpConfig's at first).
+        Idle time counts from the last segment received (or from `now`, when given
+        and later). See Connection.set_keepalive.
+        """
+        for name, value in (("idle", idle), ("interval", interval)):
+            if value is not None and value <= 0:
+                raise ValueError(f"keepalive {name} must be > 0")
+        if probes is not None and probes < 1:
+            raise ValueError("keepalive probes must be >= 1")
+        conn = self._get(conn_id)
+        conn.set_keepalive(enabled, idle, interval, probes, now)
+        self._after_call(conn)
+
+    def set_user_timeout(self, conn_id: int, seconds: float | None) -> None:
+        """TCP_USER_TIMEOUT for one connection (None: off); see TcpConfig.user_timeout."""
+        if seconds is not None and seconds <= 0:
+            raise ValueError("user_timeout must be > 0 (or None)")
+        conn = self._get(conn_id)
+        conn.set_user_timeout(seconds)
+        self._after_call(conn)
+
     def _after_call(self, conn: Connection) -> None:
         if conn.state is not State.CLOSED:
             self._arm(conn)
@@ -322,7 +426,8 @@ class Stack:
             rows.append({"conn_id": None, "state": str(State.LISTEN),
                          "local": (self.address_str, port), "remote": ("0.0.0.0", 0),
                          "half_open": listener.half_open, "accept_queue": listener.accept_queue,
-                         "backlog": listener.backlog})
+                         "backlog": listener.backlog, "connections": listener.connections,
+                         "max_connections": listener.max_connections})
         return rows
 
     # ------------------------------------------------------------ for connections (Host)
@@ -379,9 +484,11 @@ class Stack:
 
     def enter_time_wait(self, conn: Connection, cause: str, now: float) -> None:
         if conn.ack_now or conn.unacked_segments:
-            conn._xmit(ACK, conn.snd_nxt)  # the ACK of the peer's FIN goes before the swap
+            conn._xmit(ACK, conn.snd_max)  # the ACK of the peer's FIN goes before the swap
         conn.rto_at = conn.delack_at = conn.persist_at = conn.fin_wait_2_at = None
+        conn.keepalive_at = None
         conn.armed = None
+        self._release(conn)
         conn._set_state(State.TIME_WAIT, cause, now)
         if conn.rcvbuf:
             self._leftover[conn.id] = conn.rcvbuf
@@ -403,25 +510,37 @@ class Stack:
         if self._by_id.get(tw.id) is tw:
             del self._by_id[tw.id]
 
+    def _release(self, conn: Connection) -> None:
+        """A connection leaving the table stops counting against its limits and queues."""
+        if self._by_id.get(conn.id) is not conn:
+            return
+        self._live -= 1
+        listener = conn.listener
+        if listener is not None:
+            listener.connections -= 1
+            if not conn.accepted:
+                listener.half_open -= 1
+            elif self._awaiting_accept.pop(conn.id, None) is not None:
+                listener.accept_queue -= 1
+
     def forget(self, conn: Connection, event) -> None:
         conn.armed = None
+        self._release(conn)
         if self._conns.get(conn.key) is conn:
             del self._conns[conn.key]
         if self._by_id.get(conn.id) is conn:
             del self._by_id[conn.id]
         if conn.rcvbuf and type(event) is ev.ConnectionClosed:
             self._leftover[conn.id] = conn.rcvbuf
-        listener = conn.listener
-        if listener is not None:
-            if not conn.accepted:
-                listener.half_open -= 1
-            elif self._awaiting_accept.pop(conn.id, None) is not None:
-                listener.accept_queue -= 1
         if event is not None:
             self._events.append(event)
 
     def time_wait_count(self) -> int:
         return sum(1 for c in self._by_id.values() if type(c) is TimeWait)
+
+    def connection_count(self) -> int:
+        """Connections that count against max_connections (all but TIME-WAIT entries)."""
+        return self._live
 
     def __repr__(self) -> str:
         return f"<Stack {self.address_str} connections={len(self._by_id)}>"

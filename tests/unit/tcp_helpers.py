@@ -36,7 +36,12 @@ def seq_add(a: int, n: int) -> int:
 
 
 def make_stack(**config) -> Stack:
+    """A stack for ladders. SACK and timestamps are off unless asked for, so that the
+    byte-exact ladders written before them keep their meaning; test_tcp_sack.py and
+    test_tcp_timestamps.py turn them on."""
     config.setdefault("isn_secret", SECRET)
+    config.setdefault("sack", False)
+    config.setdefault("timestamps", False)
     return Stack(LOCAL, config=TcpConfig(**config))
 
 
@@ -76,6 +81,8 @@ class S:
 
     `flags` is an int (SYN | ACK) or tcpdump letters ("S.", "F.", "P.", "R.").
     `wscale=False` asserts that no window scale option is present.
+    `ts` is (TSval, TSecr), True (present) or False (absent); `sack` the SACK blocks as
+    a list of (left, right), or False (none); `sack_perm` True or False (SACK-permitted).
     """
 
     flags: int | str | None = None
@@ -88,6 +95,9 @@ class S:
     wscale: int | None | bool = None
     sport: int | None = None
     dport: int | None = None
+    ts: tuple[int, int] | bool | None = None
+    sack: list[tuple[int, int]] | bool | None = None
+    sack_perm: bool | None = None
 
     def check(self, seg: Segment, index: int) -> None:
         problems = []
@@ -110,6 +120,22 @@ class S:
                     problems.append(f"{name} option present ({got}), expected none")
             elif want is not None and got != want:
                 problems.append(f"{name} {got} != {want}")
+        got_ts = None if seg.ts_val is None else (seg.ts_val, seg.ts_ecr)
+        if self.ts is True or self.ts is False:
+            if (got_ts is not None) != self.ts:
+                problems.append(f"timestamps {got_ts} (expected {'some' if self.ts else 'none'})")
+        elif self.ts is not None and got_ts != tuple(x & MASK for x in self.ts):
+            problems.append(f"timestamps {got_ts} != {tuple(x & MASK for x in self.ts)}")
+        got_sack = [tuple(b) for b in seg.sack_blocks] if seg.sack_blocks else []
+        if self.sack is False:
+            if got_sack:
+                problems.append(f"SACK blocks {got_sack}, expected none")
+        elif self.sack is not None:
+            want_sack = [(a & MASK, b & MASK) for a, b in self.sack]
+            if got_sack != want_sack:
+                problems.append(f"SACK blocks {got_sack} != {want_sack}")
+        if self.sack_perm is not None and seg.sack_permitted != self.sack_perm:
+            problems.append(f"SACK-permitted {seg.sack_permitted} != {self.sack_perm}")
         if problems:
             raise AssertionError(f"segment {index}: {seg!r}: " + "; ".join(problems))
 
@@ -170,19 +196,32 @@ class Peer:
         self.seq = self.iss
         self.ack = 0
         self.window = window
+        # When ts_val is set every segment carries TSopt (ts_val, ts_ecr), SYNs included.
+        self.ts_val: int | None = None
+        self.ts_ecr = 0
+
+    def options(self, sack=None) -> bytes:
+        """TSopt (when ts_val is set) and SACK blocks, as a peer sends them on an ACK."""
+        ts = None if self.ts_val is None else (self.ts_val & MASK, self.ts_ecr & MASK)
+        if ts is None and not sack:
+            return b""
+        return build_options(timestamp=ts, sack_blocks=[(a & MASK, b & MASK) for a, b in sack]
+                             if sack else None)
 
     def packet(self, flags: int, *, seq: int | None = None, ack: int | None = None,
-               window: int | None = None, data: bytes = b"", options: bytes = b"",
-               sport: int | None = None, dport: int | None = None) -> bytes:
+               window: int | None = None, data: bytes = b"", options: bytes | None = None,
+               sport: int | None = None, dport: int | None = None, sack=None) -> bytes:
         seq = self.seq if seq is None else seq & MASK
         if ack is None:
             ack = self.ack if flags & ACK else 0
+        if options is None:
+            options = self.options(sack)
         return build_segment(self.addr, self.stack.address, sport or self.port,
                              dport or self.stack_port, seq, ack & MASK, flags,
                              self.window if window is None else window, options, data)
 
     def send(self, flags: int, now: float, *, seq: int | None = None, ack: int | None = None,
-             window: int | None = None, data: bytes = b"", options: bytes = b"",
+             window: int | None = None, data: bytes = b"", options: bytes | None = None,
              advance: bool = True, **kw) -> None:
         start = self.seq if seq is None else seq & MASK
         self.stack.receive(self.packet(flags, seq=start, ack=ack, window=window, data=data,
@@ -194,16 +233,28 @@ class Peer:
                 self.seq = end
 
     def syn(self, now: float, *, mss: int | None = 1460, wscale: int | None = None,
-            window: int | None = None) -> None:
+            window: int | None = None, sack_permitted: bool = False,
+            ts: int | None = None) -> None:
+        """The peer's SYN; `ts` makes it (and every segment after) carry TSopt."""
         self.seq = self.iss
-        self.send(SYN, now, options=build_options(mss=mss, wscale=wscale), window=window)
+        if ts is not None:
+            self.ts_val, self.ts_ecr = ts & MASK, 0
+        self.send(SYN, now, window=window, options=build_options(
+            mss=mss, wscale=wscale, sack_permitted=sack_permitted,
+            timestamp=None if ts is None else (ts & MASK, 0)))
 
     def syn_ack(self, now: float, ack: int, *, mss: int | None = 1460,
-                wscale: int | None = None, window: int | None = None) -> None:
+                wscale: int | None = None, window: int | None = None,
+                sack_permitted: bool = False, ts: int | None = None,
+                ts_ecr: int | None = None) -> None:
         self.seq = self.iss
         self.ack = ack & MASK
-        self.send(SYN | ACK, now, options=build_options(mss=mss, wscale=wscale),
-                  window=window)
+        if ts is not None:
+            self.ts_val = ts & MASK
+            self.ts_ecr = self.ts_ecr if ts_ecr is None else ts_ecr & MASK
+        self.send(SYN | ACK, now, window=window, options=build_options(
+            mss=mss, wscale=wscale, sack_permitted=sack_permitted,
+            timestamp=None if ts is None else (self.ts_val, self.ts_ecr)))
 
     def took(self, seg: Segment) -> None:
         """Advance RCV.NXT past a segment the stack sent (in order)."""
@@ -222,10 +273,12 @@ PEER_ISS = 2**32 - 10  # the peer's: wraps after 9 data bytes
 def open_passive(isn: IsnControl, *, stack: Stack | None = None, our_iss: int = OUR_ISS,
                  peer_iss: int = PEER_ISS, mss: int | None = 1460, wscale: int | None = None,
                  window: int = 65535, now: float = 0.0, rtt: float = 0.5, port: int = 40000,
-                 **config):
+                 sack_permitted: bool = False, ts: int | None = None, **config):
     """LISTEN on 80, peer SYN at `now`, its ACK at `now + rtt`. Returns (stack, peer, id).
 
     The handshake's RTT sample is `rtt`: 0.5 gives SRTT 0.5, RTTVAR 0.25, RTO 1.5.
+    `sack_permitted` and `ts` (the peer's first TSval) are what the peer's SYN offers;
+    with `ts`, the peer echoes our TSval from then on (peer.ts_ecr).
     """
     from usertcp.tcp import ConnectionAccepted
 
@@ -234,9 +287,11 @@ def open_passive(isn: IsnControl, *, stack: Stack | None = None, our_iss: int = 
         stack.listen(80)
     peer = Peer(stack, port=port, iss=peer_iss, window=window)
     isn.set(our_iss)
-    peer.syn(now, mss=mss, wscale=wscale)
+    peer.syn(now, mss=mss, wscale=wscale, sack_permitted=sack_permitted, ts=ts)
     [synack] = expect(stack, now, S("S.", seq=our_iss, ack=peer_iss + 1))
     peer.took(synack)
+    if synack.ts_val is not None:
+        peer.ts_ecr = synack.ts_val
     peer.send(ACK, now + rtt)
     expect(stack, now + rtt)
     accepted = [e for e in events(stack) if isinstance(e, ConnectionAccepted)]
@@ -247,8 +302,13 @@ def open_passive(isn: IsnControl, *, stack: Stack | None = None, our_iss: int = 
 def open_active(isn: IsnControl, *, stack: Stack | None = None, our_iss: int = OUR_ISS,
                 peer_iss: int = PEER_ISS, mss: int | None = 1460, wscale: int | None = None,
                 window: int = 65535, now: float = 0.0, rtt: float = 0.5,
-                local_port: int = 50000, **config):
-    """connect() at `now`, the peer's SYN-ACK at `now + rtt`. Returns (stack, peer, id)."""
+                local_port: int = 50000, sack_permitted: bool = False, ts: int | None = None,
+                **config):
+    """connect() at `now`, the peer's SYN-ACK at `now + rtt`. Returns (stack, peer, id).
+
+    `sack_permitted` and `ts` (the peer's first TSval) are what the SYN-ACK carries; `ts`
+    only if our SYN offered timestamps, as a real peer would.
+    """
     from usertcp.tcp import Connected
 
     if stack is None:
@@ -258,7 +318,11 @@ def open_active(isn: IsnControl, *, stack: Stack | None = None, our_iss: int = O
     peer = Peer(stack, port=80, stack_port=local_port, iss=peer_iss, window=window)
     [syn] = expect(stack, now, S("S", seq=our_iss))
     peer.took(syn)
-    peer.syn_ack(now + rtt, ack=our_iss + 1, mss=mss, wscale=wscale)
+    if syn.ts_val is None:
+        ts = None
+    peer.syn_ack(now + rtt, ack=our_iss + 1, mss=mss, wscale=wscale,
+                 sack_permitted=sack_permitted and syn.sack_permitted, ts=ts,
+                 ts_ecr=syn.ts_val)
     expect(stack, now + rtt, S(".", seq=our_iss + 1, ack=peer_iss + 1))
     assert any(isinstance(e, Connected) for e in events(stack))
     return stack, peer, cid

@@ -137,6 +137,28 @@ class TcpTransport(asyncio.Transport):
         """TCP_NODELAY: turn Nagle's algorithm off for this connection."""
         self._core.set_nodelay(self.conn_id, nodelay)
 
+    def set_keepalive(self, enabled: bool = True, idle: float | None = None,
+                      interval: float | None = None, probes: int | None = None) -> None:
+        """SO_KEEPALIVE (+ TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT) for this connection.
+
+        A peer that stays silent `idle` s and then leaves `probes` probes sent every
+        `interval` s unanswered is reset; the reader then raises TimeoutError. None
+        keeps the current value (TcpConfig's keepalive_* at first).
+        """
+        if self._lost or self._engine_done:
+            return
+        self._core.set_keepalive(self.conn_id, enabled, idle, interval, probes,
+                                 self._stack.now())
+        self._stack.schedule_flush()  # the driver's timer may need to move earlier
+
+    def set_user_timeout(self, seconds: float | None) -> None:
+        """TCP_USER_TIMEOUT: give up (TimeoutError) when data stays unacknowledged, the
+        peer's window shut or keepalive probes unanswered for `seconds`; None: off."""
+        if self._lost or self._engine_done:
+            return
+        self._core.set_user_timeout(self.conn_id, seconds)
+        self._stack.schedule_flush()
+
     # -------------------------------------------------------- from the driver
 
     def pull(self) -> None:

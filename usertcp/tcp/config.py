@@ -24,6 +24,8 @@ class TcpConfig:
     delayed_ack_timeout: float = 0.04  # at most 0.2 (RFC 1122); Linux's minimum is 40 ms
     nagle: bool = True
     window_scale: bool = True  # offer RFC 7323 window scaling
+    sack: bool = True  # offer RFC 2018 SACK; with it, RFC 6675 loss recovery
+    timestamps: bool = True  # offer RFC 7323 timestamps: RTTM and PAWS
     fin_wait_2_timeout: float = 60.0  # for connections the application has closed
     challenge_ack_limit: int = 1000  # per second, stack-wide (RFC 5961 7)
     ephemeral_ports: tuple[int, int] = (32768, 60999)
@@ -31,6 +33,24 @@ class TcpConfig:
     tx_checksum_offload: bool = False  # leave the TCP checksum to the device
     tso_max: int = 0  # largest segment payload the device will cut up for us; 0: MSS only
     ttl: int = 64
+    # Keepalive (RFC 1122 4.2.3.6), off by default as the RFC asks; the numbers are
+    # Linux's: after `keepalive_idle` seconds without a segment from the peer, and with
+    # no data outstanding, a probe every `keepalive_interval` s; when `keepalive_probes`
+    # of them go unanswered the connection is reset and reported as ConnectionTimedOut.
+    # Stack.set_keepalive turns it on or off per connection.
+    keepalive: bool = False
+    keepalive_idle: float = 7200.0
+    keepalive_interval: float = 75.0
+    keepalive_probes: int = 9
+    # TCP_USER_TIMEOUT (RFC 5482, Linux semantics): data unacknowledged, a zero window
+    # not reopened or keepalive probes unanswered for this long end the connection
+    # (ConnectionTimedOut) whatever the retry counts say. None: the retry counts rule.
+    user_timeout: float | None = None
+    # RFC 4987 SYN cookies when a listener's SYN backlog is full (see tcp/syncookie.py).
+    syn_cookies: bool = True
+    # Connections per stack, any state but TIME-WAIT: connect() beyond it raises
+    # TooManyConnections; a SYN beyond it is dropped (counter listen_overflow).
+    max_connections: int = 65536
 
     def __post_init__(self) -> None:
         if not 88 <= self.mss <= 65495:
@@ -43,6 +63,14 @@ class TcpConfig:
             raise ValueError("need 0 < rto_min <= rto_initial <= rto_max")
         if self.send_buffer < 1 or self.receive_buffer < 1:
             raise ValueError("buffers must be positive")
+        if self.keepalive_idle <= 0 or self.keepalive_interval <= 0:
+            raise ValueError("keepalive_idle and keepalive_interval must be > 0")
+        if self.keepalive_probes < 1:
+            raise ValueError("keepalive_probes must be >= 1")
+        if self.user_timeout is not None and self.user_timeout <= 0:
+            raise ValueError("user_timeout must be > 0 (or None)")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
         if self.receive_buffer > (65535 << 14):
             raise ValueError("receive_buffer exceeds the largest scaled window")
 

@@ -23,3 +23,7 @@ class PortInUse(TcpError):
 
 class NoFreePort(TcpError):
     pass
+
+
+class TooManyConnections(TcpError):
+    """connect() when the stack already holds TcpConfig.max_connections connections."""

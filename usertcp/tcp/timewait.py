@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import struct
+
 from ..wire.tcp import ACK, FIN, RST, SYN, Segment, build_segment
-from .seq import MASK
+from .seq import HALF, MASK
 from .state import State
+
+_pack_ts = struct.Struct("!III").pack
+_TS_HEAD = 0x0101080A  # NOP NOP TS(10)
 
 
 class TimeWait:
     """What is left of a connection for 2*MSL after it closed (RFC 9293 3.6)."""
 
     __slots__ = ("host", "id", "key", "lport", "remote", "rport", "snd_nxt", "rcv_nxt",
-                 "window", "deadline", "armed")
+                 "window", "deadline", "armed", "ts_ok", "ts_recent", "ts_offset")
 
     state = State.TIME_WAIT
 
@@ -27,6 +32,24 @@ class TimeWait:
         self.window = min(((conn.rcv_adv - conn.rcv_nxt) & MASK) >> conn.rcv_wscale, 65535)
         self.deadline = now + 2 * host.config.msl
         self.armed = None
+        # Timestamps live on (RFC 7323): our ACKs carry TSopt from the same clock, and
+        # TS.Recent keeps PAWS working and decides on reuse by a new SYN (RFC 6191).
+        self.ts_ok = conn.ts_ok
+        self.ts_recent = conn.ts_recent
+        self.ts_offset = conn.ts_offset
+
+    def may_reuse(self, syn: Segment, timestamps: bool) -> bool:
+        """RFC 6191: may this SYN open a new incarnation of the 4-tuple now?
+
+        When both incarnations use timestamps, by TSval: newer than TS.Recent, yes; equal,
+        by sequence number; older, no. Otherwise by sequence number: beyond the old
+        connection's RCV.NXT.
+        """
+        if self.ts_ok and timestamps and syn.ts_val is not None:
+            newer = (syn.ts_val - self.ts_recent) & MASK
+            if newer:
+                return newer < HALF
+        return 0 < ((syn.seq - self.rcv_nxt) & MASK) < HALF
 
     def on_segment(self, seg: Segment, now: float) -> None:
         flags = seg.flags
@@ -34,10 +57,21 @@ class TimeWait:
             # RFC 1337: an RST must not cut TIME-WAIT short.
             self.host.count("time_wait_rst_ignored")
             return
+        tsval = seg.ts_val
+        if (self.ts_ok and tsval is not None and not flags & SYN
+                and ((tsval - self.ts_recent) & MASK) >= HALF):
+            # PAWS (RFC 7323 5): an old duplicate. It restarts nothing; unless it is a
+            # bare ACK (never answered here), the ACK answers it.
+            self.host.count("paws_rejected")
+            if seg.payload or flags & FIN:
+                self.ack(now)
+            return
         if flags & FIN and ((seg.seq + len(seg.payload) + 1) & MASK) == self.rcv_nxt:
             # The peer's FIN again: our last ACK was lost. ACK it and restart 2MSL.
             self.host.count("time_wait_fin_reacked")
             self.deadline = now + 2 * self.host.config.msl
+            if self.ts_ok and tsval is not None:
+                self.ts_recent = tsval
         elif flags & SYN:
             # Not taken for reuse: answer with our ACK (RFC 9293 3.10.7.4, RFC 5961 4).
             self.host.count("time_wait_syn_acked")
@@ -45,13 +79,15 @@ class TimeWait:
             # A bare in-window ACK, e.g. from a peer also in TIME-WAIT after a simultaneous
             # close: nothing to answer. ACKing it would start an endless ACK exchange.
             return
-        self.ack()
+        self.ack(now)
 
-    def ack(self) -> None:
+    def ack(self, now: float) -> None:
         cfg = self.host.config
+        opts = (_pack_ts(_TS_HEAD, (int(now * 1000) + self.ts_offset) & MASK, self.ts_recent)
+                if self.ts_ok else b"")
         self.host.out.append(build_segment(
             self.host.address, self.remote, self.lport, self.rport, self.snd_nxt, self.rcv_nxt,
-            ACK, self.window, ttl=cfg.ttl, csum_offload=cfg.tx_checksum_offload))
+            ACK, self.window, opts, ttl=cfg.ttl, csum_offload=cfg.tx_checksum_offload))
 
     def next_deadline(self) -> float:
         return self.deadline

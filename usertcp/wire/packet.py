@@ -9,7 +9,7 @@ from __future__ import annotations
 from .checksum import reduce
 from .errors import DropReason, MalformedPacket
 from .ipv4 import IPv4Header, parse_ipv4
-from .tcp import _PACKET, _TS_FAST, FIN, RST, SYN, Segment, _parse_options, _unpack_ts, parse_tcp
+from .tcp import _PACKET, _TS_WORD, FIN, RST, SYN, Segment, _parse_options, _unpack_ts3, parse_tcp
 
 _unpack_packet = _PACKET.unpack_from
 _from = int.from_bytes
@@ -56,8 +56,13 @@ def parse_packet(packet, verify_checksum: bool = True):
     seg = Segment(src, dst, sport, dport, seq, ack, flags, window, urgent,
                   view[data_start:total] if data_start < total else b"")
     if hlen > 20:
-        if hlen == 32 and packet[40:44] == _TS_FAST:
-            seg.ts_val, seg.ts_ecr = _unpack_ts(packet, 44)
+        if hlen == 32:
+            head, ts_val, ts_ecr = _unpack_ts3(packet, 40)
+            if head == _TS_WORD:  # NOP NOP TS: one unpack, no slice
+                seg.ts_val = ts_val
+                seg.ts_ecr = ts_ecr
+            else:
+                _parse_options(packet, 40, data_start, seg)
         else:
             _parse_options(packet, 40, data_start, seg)
     return seg

@@ -27,6 +27,8 @@ _PACKET = struct.Struct("!BBHHHBBHIIHHIIBBHHH")  # IPv4 (no options) + TCP fixed
 _pack_packet = _PACKET.pack
 _from = int.from_bytes
 _TS_FAST = b"\x01\x01\x08\x0a"  # NOP NOP TS(10): the layout Linux sends on every segment
+_TS_WORD = 0x0101080A  # the same as one word, read with the values: _unpack_ts3
+_unpack_ts3 = struct.Struct("!III").unpack_from
 
 _FLAG_NAMES = ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "."), (URG, "U"),
                (ECE, "E"), (CWR, "W"))
