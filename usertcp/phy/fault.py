@@ -195,6 +195,9 @@ class FaultInjector(Middleware):
             # Kernel segments arrive with partial checksums there: corruption
             # could not be detected, so it would silently corrupt data.
             raise ValueError("rx corruption needs a device without checksum offload")
+        if tx.corrupt and getattr(inner, "tx_checksum_offload", False):
+            # The kernel would complete the partial checksum over the flipped bits.
+            raise ValueError("tx corruption needs a device without checksum offload")
         self.inner = inner
         self.seed = seed
         self._clock = clock

@@ -67,6 +67,9 @@ def _index(ipr: IPRoute, ifname: str) -> int:
     return found[0]
 
 
+TX_QUEUE_LEN = 4096
+
+
 def configure_host_side(ifname: str, host_address: str, mtu: int) -> ipaddress.IPv4Interface:
     """Set the MTU, add the kernel's IPv4 address and bring `ifname` up.
 
@@ -87,7 +90,8 @@ def configure_host_side(ifname: str, host_address: str, mtu: int) -> ipaddress.I
                     f"choose another subnet",
                     errno=errno.EADDRINUSE,
                 )
-            ipr.link("set", index=index, mtu=mtu)
+            # TUN's default queue of 500 overflows under a thousand busy connections.
+            ipr.link("set", index=index, mtu=mtu, txqlen=TX_QUEUE_LEN)
             _disable_ipv6(ifname)
             if not _has_address(ipr, index, iface):
                 ipr.addr(

@@ -51,6 +51,8 @@ def checksum_ok(header_flags: int, packet) -> bool:
         return True
     if len(packet) < 20 or packet[9] != 6:
         return True  # not TCP: the stack checks ICMP itself
+    if packet[0] >> 4 != 4 or packet[0] & 15 < 5 or ((packet[6] << 8) | packet[7]) & 0x3FFF:
+        return True  # not IPv4, a bad header length, a fragment: the stack names the reason
     ihl = (packet[0] & 15) << 2
     total = (packet[2] << 8) | packet[3]
     if total > len(packet) or total < ihl:
