@@ -28,6 +28,23 @@ class Device(Protocol):
     def close(self) -> None: ...
 
 
+def write_each(write, packets, drop_errnos) -> int:
+    """Call write(packet) for each packet; return how many a full or refusing link dropped.
+
+    Errors in `drop_errnos` are what a real link does with a packet it cannot carry;
+    any other error is a bug or a dead device and propagates.
+    """
+    dropped = 0
+    for packet in packets:
+        try:
+            write(packet)
+        except OSError as exc:
+            if exc.errno not in drop_errnos:
+                raise
+            dropped += 1
+    return dropped
+
+
 class Middleware:
     """Base for devices that wrap another: capabilities pass through."""
 

@@ -6,6 +6,7 @@ import errno
 import socket
 from collections import deque
 
+from .base import write_each
 from .errors import check_mtu
 
 _BUF_BYTES = 4 << 20  # room for a few thousand packets before the link drops
@@ -53,14 +54,7 @@ class MemoryDevice:
         if self._sock is None:
             self.tx_dropped += len(packets)
             return
-        send = self._sock.send
-        for packet in packets:
-            try:
-                send(packet)
-            except OSError as exc:
-                if exc.errno not in _TX_DROP_ERRNOS:
-                    raise
-                self.tx_dropped += 1
+        self.tx_dropped += write_each(self._sock.send, packets, _TX_DROP_ERRNOS)
 
     def next_deadline(self) -> float | None:
         return None

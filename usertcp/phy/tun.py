@@ -7,6 +7,7 @@ import fcntl
 import os
 import re
 import socket
+from functools import partial
 
 from pytun_pmd3 import TunTapDevice
 from pytun_pmd3.linux import IFF_NO_PI, IFF_TUN, IFF_VNET_HDR
@@ -20,6 +21,7 @@ from .errors import (
     permission_denied,
 )
 from . import vnet
+from .base import write_each
 
 TUN_PATH = "/dev/net/tun"
 IFNAMSIZ = 16  # kernel buffer size, including the trailing NUL
@@ -155,14 +157,7 @@ class TunDevice:
         if fd is None:
             self.tx_dropped += len(packets)
             return
-        write = os.write
-        for packet in packets:
-            try:
-                write(fd, packet)
-            except OSError as exc:
-                if exc.errno not in _TX_DROP_ERRNOS:
-                    raise
-                self.tx_dropped += 1
+        self.tx_dropped += write_each(partial(os.write, fd), packets, _TX_DROP_ERRNOS)
 
     def _receive_batch_vnet(self, max_packets: int = 64) -> list:
         fd = self._fd
@@ -192,13 +187,11 @@ class TunDevice:
         writev = os.writev
         header_for = vnet.header_for
         mtu = self.mtu
-        for packet in packets:
-            try:
-                writev(fd, (header_for(packet, mtu), packet))
-            except OSError as exc:
-                if exc.errno not in _TX_DROP_ERRNOS:
-                    raise
-                self.tx_dropped += 1
+
+        def write(packet) -> None:
+            writev(fd, (header_for(packet, mtu), packet))
+
+        self.tx_dropped += write_each(write, packets, _TX_DROP_ERRNOS)
 
     def next_deadline(self) -> float | None:
         return None
