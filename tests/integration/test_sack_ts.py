@@ -19,60 +19,17 @@ from pathlib import Path
 from usertcp.wire.tcp import ACK, PSH, RST, SYN
 
 from .netns import NetNS
-from .stackproc import HOST, STACK, StackProcess, by_connection, start_service, tcp_segments
+from .stackproc import HOST, StackProcess, by_connection, start_service, tcp_segments
+from .test_robust_loss import echo as run_echo_client
 from .test_stack_connect import listen_with_nc
 
 MASK = 2**32 - 1
 
-# Echo `size` seeded random bytes (sending and receiving at once), check them, print the local port.
-ECHO_CLIENT = r"""
-import hashlib, random, selectors, socket, sys, time
-host, size, seed, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-data = memoryview(random.Random(seed).randbytes(size))
-got = hashlib.sha256()
-sent = received = 0
-deadline = time.monotonic() + limit
-s = socket.create_connection((host, 7), timeout=limit)
-print(s.getsockname()[1], flush=True)
-s.setblocking(False)
-sel = selectors.DefaultSelector()
-sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
-eof = False
-while not eof:
-    assert time.monotonic() < deadline, f"deadline: sent {sent} received {received}"
-    for _key, events in sel.select(0.5):
-        if events & selectors.EVENT_WRITE and sent < size:
-            try:
-                sent += s.send(data[sent:sent + 65536])
-            except BlockingIOError:
-                pass
-            if sent == size:
-                s.shutdown(socket.SHUT_WR)
-                sel.modify(s, selectors.EVENT_READ)
-        if events & selectors.EVENT_READ:
-            try:
-                chunk = s.recv(1 << 20)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                eof = True
-                break
-            got.update(chunk)
-            received += len(chunk)
-assert received == size, (received, size)
-assert got.hexdigest() == hashlib.sha256(data).hexdigest(), "echo corrupted"
-print(received, flush=True)
-"""
-
-
 def echo(ns: NetNS, size: int, seed: int, limit: float = 60.0) -> int:
-    """Run the echo client against the stack; returns the kernel's local port."""
-    res = ns.python(ECHO_CLIENT, STACK, str(size), str(seed), str(limit), capture_output=True,
-                    text=True, timeout=limit + 30)
-    assert res.returncode == 0, res.stderr
-    port, received = res.stdout.split()
-    assert int(received) == size
-    return int(port)
+    """Echo `size` seeded bytes through the stack, check them; returns the kernel's local port."""
+    out = run_echo_client(ns, size, limit, seed)
+    assert out["intact"], out
+    return out["port"]
 
 
 def check_handshake(segs, *, kernel_opens: bool) -> None:
