@@ -49,6 +49,16 @@ class Reassembly:
         kept.sort(key=lambda b: b[0])
         self.blocks = [((s + rcv_nxt) & MASK, d) for s, d in kept]
 
+    def covers(self, seq: int, length: int, rcv_nxt: int) -> bool:
+        """Is [seq, seq + length) held already, all of it (a duplicate)?"""
+        start = (seq - rcv_nxt) & MASK
+        end = start + length
+        for bseq, bdata in self.blocks:
+            bstart = (bseq - rcv_nxt) & MASK
+            if bstart <= start and end <= bstart + len(bdata):
+                return True
+        return False
+
     def pop_ready(self, rcv_nxt: int) -> list[bytes]:
         """Remove and return the blocks that now continue at RCV.NXT, in order.
 

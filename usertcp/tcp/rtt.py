@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .seq import HALF, MASK
+
 _GRANULARITY = 0.001
 
 
@@ -40,3 +42,43 @@ class RttEstimator:
         if self.srtt is not None:
             rto = self.srtt + max(_GRANULARITY, 4 * self.rttvar)
             self.rto = min(max(rto, self.rto_min), self.rto_max)
+
+
+class RttSampling:
+    """Where Connection takes its RTT samples (a mixin: the fields live on Connection)."""
+
+    __slots__ = ()
+
+    def _rtt_ack(self, ack: int, now: float, tsecr: int | None = None) -> None:
+        """An RTT sample from an ACK that advanced SND.UNA.
+
+        With timestamps (RFC 7323 4.1) from every such ACK: SEG.TSecr is the TSval of the
+        copy that made the peer ACK, so a retransmission is timed as itself and Karn's
+        ambiguity does not arise. A TSecr is used only if it is one we can have sent (no
+        later than now, no earlier than the connection). Karn's caution remains in one
+        form: a TSecr older than our latest retransmission is not used. Such an ACK may
+        answer the retransmitted copy of data the peer already had (its ACKs were lost),
+        and the peer echoes then the TSval of the last segment it took in order, from
+        before the retransmission: the sample would include the whole timeout. Without
+        timestamps, one segment at a time and never a retransmitted one (Karn).
+
+        One sample per TSecr: the ACKs after the first that echo the same TSval (at high
+        rates, many: the clock ticks once a millisecond) would only measure it later.
+        """
+        if self.ts_ok:
+            if tsecr is not None and tsecr != self.ts_sampled:
+                rtx = self.rtx_ts
+                if rtx is not None:
+                    if ((tsecr - rtx) & MASK) >= HALF:
+                        return  # echoes a segment sent before the latest retransmission
+                    self.rtx_ts = None
+                ms = int(now * 1000)
+                rtt = (ms + self.ts_offset - tsecr) & MASK
+                if rtt <= ms - self.ts_base:
+                    self.ts_sampled = tsecr
+                    self.rtt.sample(rtt / 1000)
+            return
+        rs = self.rtt_seq
+        if rs is not None and 0 < ((ack - rs) & MASK) < HALF:
+            self.rtt.sample(now - self.rtt_time)
+            self.rtt_seq = None

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import struct
-
 from ..wire.tcp import ACK, FIN, RST, SYN, Segment, build_segment
 from .seq import HALF, MASK
 from .state import State
+from .timestamps import ts_option
 
-_pack_ts = struct.Struct("!III").pack
-_TS_HEAD = 0x0101080A  # NOP NOP TS(10)
 
 
 class TimeWait:
@@ -83,8 +80,7 @@ class TimeWait:
 
     def ack(self, now: float) -> None:
         cfg = self.host.config
-        opts = (_pack_ts(_TS_HEAD, (int(now * 1000) + self.ts_offset) & MASK, self.ts_recent)
-                if self.ts_ok else b"")
+        opts = ts_option(now, self.ts_offset, self.ts_recent) if self.ts_ok else b""
         self.host.out.append(build_segment(
             self.host.address, self.remote, self.lport, self.rport, self.snd_nxt, self.rcv_nxt,
             ACK, self.window, opts, ttl=cfg.ttl, csum_offload=cfg.tx_checksum_offload))
