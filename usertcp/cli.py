@@ -10,6 +10,7 @@ import sys
 
 from . import log
 from .phy.errors import DeviceError
+from .tcp import congestion
 from .tcp.config import TcpConfig
 from .tcp.errors import TcpError
 
@@ -93,6 +94,8 @@ def _common(parser: argparse.ArgumentParser, port: int | None) -> None:
                         help="do not offer SACK (RFC 2018); loss recovery is NewReno")
     parser.add_argument("--no-timestamps", dest="timestamps", action="store_false",
                         help="do not offer timestamps (RFC 7323: RTT measurement, PAWS)")
+    parser.add_argument("--congestion", default="cubic", choices=congestion.ALGORITHMS,
+                        help="congestion control (default cubic, as Linux)")
     parser.add_argument("--keepalive", metavar="IDLE,INTERVAL,PROBES", type=parse_keepalive,
                         help="keepalive on every connection: probe after IDLE s of silence, "
                              "every INTERVAL s, reset after PROBES unanswered (Linux: "
@@ -137,6 +140,7 @@ def _config(args) -> TcpConfig:
         extra["user_timeout"] = args.user_timeout
     extra["sack"] = getattr(args, "sack", True)
     extra["timestamps"] = getattr(args, "timestamps", True)
+    extra["congestion"] = getattr(args, "congestion", "cubic")
     return TcpConfig(msl=args.msl, mss=min(65495, max(88, args.mtu - 40)), **extra)
 
 

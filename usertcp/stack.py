@@ -13,6 +13,7 @@ from collections import Counter, deque
 
 from .tcp import events as ev
 from .tcp.config import TcpConfig
+from .tcp import congestion
 from .tcp.connection import Connection
 from .tcp.errors import (ConnectionNotWritable, NoFreePort, PortInUse, TooManyConnections,
                          UnknownConnection)
@@ -355,6 +356,13 @@ class Stack:
         conn.set_keepalive(enabled, idle, interval, probes, now)
         self._after_call(conn)
 
+    def set_congestion(self, conn_id: int, name: str, now: float = 0.0) -> None:
+        """TCP_CONGESTION for one connection: "cubic" or "newreno" (TcpConfig.congestion)."""
+        if name not in congestion.ALGORITHMS:
+            raise ValueError(f"unknown congestion control {name!r}; "
+                             f"choose one of {', '.join(congestion.ALGORITHMS)}")
+        self._get(conn_id).set_congestion(name, now)
+
     def set_user_timeout(self, conn_id: int, seconds: float | None) -> None:
         """TCP_USER_TIMEOUT for one connection (None: off); see TcpConfig.user_timeout."""
         if seconds is not None and seconds <= 0:
@@ -435,8 +443,8 @@ class Stack:
     def emit(self, event) -> None:
         self._events.append(event)
 
-    def count(self, name: str) -> None:
-        self.counters[name] += 1
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
 
     def state_changed(self, conn, old: State, new: State, cause: str, now: float) -> None:
         self._events.append(ev.StateChanged(

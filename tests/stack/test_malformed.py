@@ -235,7 +235,7 @@ def test_table_names_every_drop_reason():
 
 # ---------------------------------------------------------------------------- the transfer
 
-SIZE = 400_000
+SIZE = 800_000  # big enough that the server is still writing a quarter of the way in
 
 
 def mid_transfer(seed: int = 3, faults: Faults = CLEAN) -> tuple[Link, Transfer, Live]:

@@ -38,8 +38,10 @@ def seq_add(a: int, n: int) -> int:
 def make_stack(**config) -> Stack:
     """A stack for ladders. SACK and timestamps are off unless asked for, so that the
     byte-exact ladders written before them keep their meaning; test_tcp_sack.py and
-    test_tcp_timestamps.py turn them on."""
+    test_tcp_timestamps.py turn them on. Congestion control is NewReno, whose arithmetic
+    the ladders spell out; test_tcp_congestion.py and test_tcp_recovery.py test CUBIC."""
     config.setdefault("isn_secret", SECRET)
+    config.setdefault("congestion", "newreno")
     config.setdefault("sack", False)
     config.setdefault("timestamps", False)
     return Stack(LOCAL, config=TcpConfig(**config))

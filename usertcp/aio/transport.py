@@ -151,6 +151,10 @@ class TcpTransport(asyncio.Transport):
                                  self._stack.now())
         self._stack.schedule_flush()  # the driver's timer may need to move earlier
 
+    def set_congestion(self, name: str) -> None:
+        """Linux's TCP_CONGESTION: "cubic" or "newreno" for this connection."""
+        self._core.set_congestion(self.conn_id, name, self._stack.now())
+
     def set_user_timeout(self, seconds: float | None) -> None:
         """TCP_USER_TIMEOUT: give up (TimeoutError) when data stays unacknowledged, the
         peer's window shut or keepalive probes unanswered for `seconds`; None: off."""

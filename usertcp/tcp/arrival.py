@@ -28,7 +28,6 @@ LAST_ACK = State.LAST_ACK
 _PREDICTED = ACK | SYN | FIN | RST | URG  # of these, header prediction wants ACK alone
 _OOW_ACK_INTERVAL = 0.5  # Linux net.ipv4.tcp_invalid_ratelimit: see _oow_ack
 _SACK_RECENT = 4  # out-of-order arrivals remembered to order the SACK blocks we send
-_DUP_THRESH = 3  # RFC 5681, RFC 6675
 
 
 class Arrival:
@@ -410,28 +409,24 @@ class Arrival:
                 self._challenge_ack(now)
                 return False
             return True
-        sack_blocks = seg.sack_blocks if self.sack_ok else None
-        if sack_blocks is not None:
-            self._take_sack(sack_blocks, ack)
         if acked:
             self._on_new_ack(seg, ack, acked, now)
+        elif self.board is not None:
+            if in_flight and not seg.payload and not seg.flags & FIN:
+                self.dupacks += 1
+                self.host.count("dup_acks")
+            if seg.sack_blocks is not None:
+                self._sack_on_ack(seg, 0, None, now)
+                self._mark()  # what is SACKed left the network: room for more (pipe)
         elif in_flight and not seg.payload and not seg.flags & FIN and (
                 (seg.window << self.snd_wscale) == self.snd_wnd):
             self._on_dup_ack(now)
-        if self.sack_ok:
-            if self.in_recovery:
-                if sack_blocks is not None and self.rtx_log:
-                    self._rtx_lost()
-            elif self.snd_una != self.snd_max and (
-                    self.dupacks >= _DUP_THRESH or (self.sacked and self._lost_edge(
-                        self._sacked_offsets(self.snd_una), self.snd_mss))):
-                # RFC 6675 5: DupThresh duplicate ACKs, or IsLost(HighACK + 1).
-                self._enter_sack_recovery(now)
         self._update_window(seg)
         return True
 
     def _on_new_ack(self, seg: Segment, ack: int, acked: int, now: float) -> None:
-        mss = self.snd_mss
+        if self.snd_una == self.iss:  # the ACK of our SYN: that byte is no data for cwnd
+            acked -= 1
         # Data bytes acknowledged: the SYN and FIN occupy sequence space, not the buffer.
         data_acked = (ack - self.buf_seq) & MASK
         if data_acked < HALF and data_acked:
@@ -442,49 +437,39 @@ class Arrival:
         self.snd_una = ack
         if ((self.snd_nxt - ack) & MASK) >= HALF:  # after an RTO rewind, the ACK overtook SND.NXT
             self.snd_nxt = ack
-        if self.sacked:
-            self.sacked = [((ack + lo) & MASK, (ack + ro) & MASK)
-                           for lo, ro in self._sacked_offsets(ack)]
-        self._rtt_ack(ack, now, seg.ts_ecr)
+        rtt = self._rtt_ack(ack, now, seg.ts_ecr)
         if self.backoffs:
             self.backoffs = 0
             self.rtt.reset_backoff()
-        # Congestion control: NewReno (RFC 5681, RFC 6582), or with SACK RFC 6675.
-        if self.in_recovery:
-            if ((ack - self.recover) & MASK) < HALF:  # full ACK: leave recovery
-                self.in_recovery = False
-                flight = (self.snd_max - ack) & MASK
-                self.cwnd = min(self.ssthresh, max(flight, mss) + mss)
-            elif self.sack_ok:
-                pass  # RFC 6675 (B), (C): output() sends what pipe and NextSeg() say
-            else:  # partial ACK: the next hole was lost too
-                self._retransmit_first(now)
-                self.cwnd = max(self.cwnd - acked + mss, mss)
-        elif self.cwnd < self.ssthresh:
-            # Slow start by bytes acknowledged (RFC 3465), unlimited per ACK as in Linux:
-            # with segmentation offload one ACK may cover dozens of segments.
-            self.cwnd += acked
-        else:
-            self.cwnd += max(mss * mss // self.cwnd, 1)
         self.dupacks = 0
         if self.snd_una == self.snd_max:
             self.rto_at = None
         else:
             self.rto_at = now + self.rtt.rto
+        if self.board is not None:  # SACK: RACK-TLP, PRR, undo (recovery.py)
+            self._sack_on_ack(seg, acked, rtt, now)
+        elif self.in_recovery:  # NewReno (RFC 6582)
+            mss = self.snd_mss
+            if ((ack - self.recover) & MASK) < HALF:  # full ACK: leave recovery
+                self.in_recovery = False
+                flight = (self.snd_max - ack) & MASK
+                self.cwnd = min(self.ssthresh, max(flight, mss) + mss)
+            else:  # partial ACK: the next hole was lost too
+                self._retransmit_first(now)
+                self.cwnd = max(self.cwnd - acked + mss, mss)
+        else:
+            self.cc.on_ack(self, acked, rtt, now)
         self._mark()
 
     def _on_dup_ack(self, now: float) -> None:
+        """NewReno's fast retransmit and recovery (RFC 5681 3.2, RFC 6582), without SACK."""
         self.dupacks += 1
         self.host.count("dup_acks")
-        if self.sack_ok:  # _on_ack decides on recovery (RFC 6675); no window inflation
-            self._mark()  # what is SACKed left the network: room for more (pipe)
-            return
         mss = self.snd_mss
         if self.dupacks == 3 and not self.in_recovery:
             # RFC 6582: a new recovery only once everything sent before the last began is acked.
             if ((self.snd_una - self.recover) & MASK) < HALF or self.recover == self.iss:
-                flight = (self.snd_max - self.snd_una) & MASK
-                self.ssthresh = max(flight // 2, 2 * mss)
+                self.cc.on_congestion(self, now)
                 self.recover = self.snd_max
                 self.in_recovery = True
                 self.host.count("fast_retransmits")

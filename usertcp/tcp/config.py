@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .congestion import ALGORITHMS
+
 
 @dataclass
 class TcpConfig:
@@ -26,6 +28,10 @@ class TcpConfig:
     window_scale: bool = True  # offer RFC 7323 window scaling
     sack: bool = True  # offer RFC 2018 SACK; with it, RFC 6675 loss recovery
     timestamps: bool = True  # offer RFC 7323 timestamps: RTTM and PAWS
+    # Congestion control, as Linux's net.ipv4.tcp_congestion_control: "cubic" (RFC 9438,
+    # with HyStart++) or "newreno" (RFC 5681); per connection with Stack.set_congestion.
+    congestion: str = "cubic"
+    frto: bool = True  # RFC 5682 spurious timeout detection (with SACK), Linux's tcp_frto
     fin_wait_2_timeout: float = 60.0  # for connections the application has closed
     challenge_ack_limit: int = 1000  # per second, stack-wide (RFC 5961 7)
     ephemeral_ports: tuple[int, int] = (32768, 60999)
@@ -69,6 +75,9 @@ class TcpConfig:
             raise ValueError("keepalive_probes must be >= 1")
         if self.user_timeout is not None and self.user_timeout <= 0:
             raise ValueError("user_timeout must be > 0 (or None)")
+        if self.congestion not in ALGORITHMS:
+            raise ValueError(f"unknown congestion control {self.congestion!r}; "
+                             f"choose one of {', '.join(ALGORITHMS)}")
         if self.max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         if self.receive_buffer > (65535 << 14):

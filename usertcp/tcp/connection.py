@@ -22,12 +22,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..wire.tcp import ACK, RST, Segment
+from . import congestion
 from . import events as ev
 from .arrival import Arrival
 from .output import Output
 from .reassembly import Reassembly
 from .recovery import Recovery
+from .rack import Rack, Tlp
 from .rtt import RttEstimator, RttSampling
+from .scoreboard import Scoreboard
 from .seq import MASK
 from .state import CAN_RECEIVE, State
 from .timers import Timers
@@ -61,8 +64,12 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling):
         "user_timeout", "stall_since",
         # options: SACK (RFC 2018, RFC 6675) and timestamps (RFC 7323)
         "sack_ok", "ts_ok", "ts_len", "opts_on", "ts_offset", "ts_base", "ts_recent",
-        "ts_recent_age", "last_ack_sent", "clock", "sacked", "high_rxt", "rescue_rxt",
-        "sack_recent", "rtx_ts", "rtx_log", "ts_sampled", "dsack",
+        "ts_recent_age", "last_ack_sent", "clock", "sack_recent", "rtx_ts", "ts_sampled",
+        "dsack",
+        # loss recovery with SACK (recovery.py): scoreboard, RACK-TLP, PRR, undo, F-RTO
+        "cc", "board", "rack", "tlp", "tlp_at", "reo_at", "in_loss", "frto", "prr_delivered",
+        "prr_out", "recover_fs", "undo_marker", "undo_retrans", "undo_tsval",
+        "tlp_probes", "rack_lost", "undos", "rtos", "rack_seg", "rack_now",
     )
 
     def __init__(self, host: Host, conn_id: int, lport: int, remote: int, rport: int, iss: int,
@@ -146,13 +153,25 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling):
         self.ts_recent = 0  # RFC 7323 TS.Recent, and when it was taken
         self.ts_recent_age = now
         self.last_ack_sent = 0  # RFC 7323 Last.ACK.sent
-        self.sacked: list[tuple[int, int]] = []  # scoreboard: SACKed [left, right) over SND.UNA
-        self.high_rxt = iss  # RFC 6675 HighRxt (exclusive end), RescueRxt
-        self.rescue_rxt: int | None = None
         self.sack_recent: list[int] = []  # seqs of out-of-order arrivals, latest first
         self.rtx_ts: int | None = None  # TSval of the latest retransmission (RTTM, Karn)
         self.ts_sampled: int | None = None  # the TSecr of the last RTT sample
-        self.rtx_log: list[tuple[int, int, int]] = []  # recovery retransmissions (_rtx_lost)
+        self.cc = congestion.create(cfg.congestion, cfg.initial_window)
+        self.board: Scoreboard | None = None  # with SACK only (made when it is negotiated)
+        self.rack: Rack | None = None
+        self.tlp: Tlp | None = None
+        self.tlp_at: float | None = None  # tail loss probe (RFC 8985 7)
+        self.reo_at: float | None = None  # RACK reordering timer (RFC 8985 6.3)
+        self.in_loss = False  # after an RTO, until SND.UNA passes `recover`
+        self.frto = False  # F-RTO: the next ACK judges the timeout
+        self.prr_delivered = self.prr_out = 0  # RFC 6937
+        self.recover_fs = 1
+        self.undo_marker: int | None = None  # SND.UNA when the undoable episode began
+        self.undo_retrans = 0  # its retransmissions not yet D-SACKed
+        self.undo_tsval: int | None = None  # TSval of its first retransmission (Eifel)
+        self.tlp_probes = self.rack_lost = self.undos = self.rtos = 0
+        self.rack_seg = None  # the last in-order delivery, not yet given to RACK
+        self.rack_now = 0.0
         self.dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
 
     def _set_state(self, new: State, cause: str, now: float) -> None:
@@ -201,7 +220,25 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling):
         else:
             self.snd_wscale = 0
             self.rcv_wscale = 0
-        self.cwnd = cfg.initial_window * self.snd_mss
+        self._recovery_init()
+
+    def _recovery_init(self) -> None:
+        """Congestion control starts, and with SACK the scoreboard and RACK-TLP."""
+        self.cc.on_init(self, self.clock)  # cwnd: the initial window of snd_mss segments
+        if self.sack_ok:
+            self.board = Scoreboard((self.iss + 1) & MASK)
+            self.rack = Rack()
+            self.tlp = Tlp()
+        else:
+            self.board = self.rack = self.tlp = None
+
+    def set_congestion(self, name: str, now: float) -> None:
+        """Choose the congestion control for this connection (Linux's TCP_CONGESTION):
+        the new one carries on from the current cwnd and ssthresh."""
+        cwnd, ssthresh = self.cwnd, self.ssthresh
+        self.cc = congestion.create(name, self.cfg.initial_window)
+        self.cc.on_init(self, now)
+        self.cwnd, self.ssthresh = cwnd, ssthresh
 
     def fin_acked(self) -> bool:
         # Once all data is acknowledged the FIN sits at BUF_SEQ.
@@ -253,7 +290,7 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling):
         self.snd_mss = min(mss, cfg.mss)
         self.snd_wscale = 0
         self.rcv_wscale = 0
-        self.cwnd = cfg.initial_window * self.snd_mss
+        self._recovery_init()
         self.snd_wl1 = self.irs
         self.snd_wl2 = self.iss
         self.snd_nxt = self.snd_max = (self.iss + 1) & MASK
@@ -329,7 +366,7 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling):
 
     def _finish(self, event, cause: str, now: float) -> None:
         self.rto_at = self.delack_at = self.persist_at = self.fin_wait_2_at = None
-        self.keepalive_at = None
+        self.keepalive_at = self.tlp_at = self.reo_at = None
         self._set_state(CLOSED, cause, now)
         self.host.forget(self, event)
 
@@ -342,10 +379,15 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling):
             "ssthresh": self.ssthresh, "srtt": self.rtt.srtt, "rto": self.rtt.rto,
             "retransmitted": self.retransmitted, "mss": self.snd_mss,
             "sack": self.sack_ok, "timestamps": self.ts_ok,
-            "sacked": sum((r - l) & MASK for l, r in self.sacked),
+            "sacked": self.board.sacked_out if self.board is not None else 0,
+            "lost": self.board.lost_out if self.board is not None else 0,
+            "congestion": self.cc.name, "in_recovery": self.in_recovery or self.in_loss,
+            "rtos": self.rtos, "tlp_probes": self.tlp_probes, "rack_lost": self.rack_lost,
+            "spurious_undone": self.undos,
             "timers": {name: round(t - now, 6) for name, t in (
                 ("retransmit", self.rto_at), ("delayed_ack", self.delack_at),
                 ("persist", self.persist_at), ("fin_wait_2", self.fin_wait_2_at),
-                ("keepalive", self.keepalive_at))
+                ("keepalive", self.keepalive_at), ("loss_probe", self.tlp_at),
+                ("reorder", self.reo_at))
                 if t is not None},
         }

@@ -84,11 +84,12 @@ class Output:
     def _sack_blocks(self) -> list[tuple[int, int]]:
         """The SACK blocks for an ACK now (RFC 2018 4): first the block holding the latest
         out-of-order arrival, then those of the arrivals before it, then the rest in
-        order; three fit beside a TSopt, four without."""
+        order; three fit beside a TSopt, four without. A D-SACK block goes before them
+        all, even when the block after it is the same range (RFC 2883 4)."""
         ranges = self.ooo.ranges()
         limit = 3 if self.ts_ok else 4
         rcv_nxt = self.rcv_nxt
-        out: list[tuple[int, int]] = [self.dsack] if self.dsack else []
+        out: list[tuple[int, int]] = []
         for seq in self.sack_recent:
             at = (seq - rcv_nxt) & MASK
             for block in ranges:
@@ -99,6 +100,8 @@ class Output:
         for block in ranges:
             if block not in out:
                 out.append(block)
+        if self.dsack:
+            out.insert(0, self.dsack)
         return out[:limit]
 
     def _syn_options(self, reply_to: Segment | None) -> bytes:
@@ -138,10 +141,12 @@ class Output:
             if self.ack_now:
                 self._xmit(ACK, self.snd_max)
             return
-        if self.in_recovery and self.sack_ok:
-            sent = self._sack_send(now)
+        if self.sack_ok and (self.in_recovery or self.in_loss):
+            sent = self._recovery_send(now)
         else:
             sent = self._send_data(now)
+            if sent and self.sack_ok:
+                self._arm_tlp(now)
         if not sent and (self.ack_now or (self.unacked_segments and not self.cfg.delayed_ack)):
             self._xmit(ACK, self.snd_max)
         if (self.rto_at is None and self.persist_at is None and self._unsent() > 0
@@ -150,6 +155,12 @@ class Output:
             # nothing in flight to bring news of a wider one (the update may have been
             # lost): the persist timer probes, or sends what fits (_on_persist).
             self.persist_at = now + self.rtt.rto
+
+    def _payload_mss(self, opts: bytes) -> int:
+        """The data one segment carries beside `opts`: the MSS less option bytes (RFC 6691).
+        snd_mss already leaves out the TSopt every segment has; SACK blocks take more."""
+        extra = len(opts) - self.ts_len
+        return max(self.snd_mss - extra, 1) if extra > 0 else self.snd_mss
 
     def _unsent(self) -> int:
         """Data bytes queued but not yet sent (past SND.NXT)."""
@@ -167,9 +178,7 @@ class Output:
     def _send_segments(self, view: memoryview, now: float) -> bool:
         # One set of options for the burst: the same TSval, TSecr and SACK blocks.
         opts = self._options(ACK) if self.opts_on else b""
-        mss = self.snd_mss
-        if len(opts) > self.ts_len:  # SACK blocks ride along: they take from the payload
-            mss = max(mss - len(opts) + self.ts_len, 1)
+        mss = self._payload_mss(opts)
         cfg = self.cfg
         # With segmentation offload a segment may carry many MSS; the device cuts it at
         # the MTU less the headers (options included), which is our MSS, and so only when
@@ -183,20 +192,14 @@ class Output:
             nxt = self.snd_nxt
             una = self.snd_una
             flight = (nxt - una) & MASK
-            if self.sacked:
+            board = self.board
+            if board is not None and board.sacked_out:
                 # SACKed data has left the network (it is not in flight for cwnd) but still
-                # fills the peer's buffer (the window counts it). Before a recovery this is
-                # RFC 6675 (3), limited transmit by pipe: the first duplicate ACKs release
-                # new data, whose SACKs show the loss sooner.
-                cap = chunk
-                if nxt != self.snd_max:
-                    nxt, pipe, cap = self._skip_sacked(nxt, chunk)
-                    flight = (nxt - una) & MASK
-                else:
-                    pipe = flight - sum((r - l) & MASK for l, r in self.sacked)
-                usable = min(self.cwnd - pipe, self.snd_wnd - flight)
+                # fills the peer's buffer (the window counts it): limited transmit by pipe
+                # (RFC 6675 (3)), so the first duplicate ACKs release new data, whose SACKs
+                # show a loss sooner.
+                usable = min(self.cwnd - board.pipe(flight), self.snd_wnd - flight)
             else:
-                cap = chunk
                 usable = min(self.cwnd, self.snd_wnd) - flight
             off = (nxt - self.buf_seq) & MASK
             if off >= HALF:
@@ -205,10 +208,10 @@ class Output:
             if remaining > 0:
                 if usable <= 0:
                     break
-                size = min(cap, remaining, usable)
+                size = min(chunk, remaining, usable)
                 if size > mss and size < remaining:
                     size -= size % mss  # whole segments; the rest waits for the window
-                elif size < mss and size != cap:  # (a hole before SACKed data goes as it is)
+                elif size < mss and size != chunk:
                     # Sender silly window avoidance and Nagle (RFC 9293 3.8.6.2.1).
                     if size < remaining and size < (self.max_snd_wnd >> 1):
                         break
@@ -236,6 +239,9 @@ class Output:
     def _advance(self, seq: int, end: int, now: float) -> None:
         """Bookkeeping after sending [seq, end): SND.NXT/SND.MAX, RTT timing, RTO."""
         self.snd_nxt = end
+        board = self.board
+        if board is not None:
+            board.on_send(seq, end, now)
         if 0 < ((end - self.snd_max) & MASK) < HALF:
             if self.rtt_seq is None and seq == self.snd_max:
                 self.rtt_seq, self.rtt_time = seq, now
@@ -271,22 +277,33 @@ class Output:
         if len(opts) > self.ts_len:
             # SACK blocks would take from the payload: a segment sent whole before would go
             # as two, the second a sliver. It goes whole, without them (our next ACK has them).
-            if min(mss, span, len(buf) - off if off < HALF else 0) > mss - len(opts) + self.ts_len:
+            if min(mss, span, len(buf) - off if off < HALF else 0) > self._payload_mss(opts):
                 opts = opts[:self.ts_len]
             else:
-                mss = max(mss - len(opts) + self.ts_len, 1)
+                mss = self._payload_mss(opts)
         if off < HALF and off < len(buf):
             size = min(mss, len(buf) - off, span)
             flags = ACK
-            if off + size == len(buf) and self.fin_queued and span > size:
-                flags |= FIN
+            if off + size == len(buf):
+                flags |= PSH  # as the original had it
+                if self.fin_queued and span > size:
+                    flags |= FIN
             with memoryview(buf) as view:
                 self._xmit(flags, seq, view[off:off + size], opts)
-            return (seq + size + (flags & FIN)) & MASK
-        if self.fin_queued and span:
+            end = (seq + size + (flags & FIN)) & MASK
+        elif self.fin_queued and span:
             self._xmit(ACK | FIN, seq, b"", opts)
-            return (seq + 1) & MASK
-        return seq
+            end = (seq + 1) & MASK
+        else:
+            return seq
+        board = self.board
+        if board is not None:
+            board.on_send(seq, end, self.clock)
+            if self.undo_marker is not None:
+                self.undo_retrans += 1  # each must be D-SACKed before an undo
+                if self.undo_tsval is None and self.ts_ok:
+                    self.undo_tsval = self._ts_now()
+        return end
 
     def _send_into_small_window(self, now: float) -> None:
         """The override timeout of RFC 9293 3.8.6.2.1 (Linux: tcp_write_wakeup): the window
@@ -296,7 +313,7 @@ class Output:
         off = (nxt - self.buf_seq) & MASK
         unsent = len(self.sndbuf) - off
         opts = self._options(ACK) if self.opts_on else b""
-        size = min(self.snd_wnd, max(self.snd_mss - len(opts) + self.ts_len, 1), unsent)
+        size = min(self.snd_wnd, self._payload_mss(opts), unsent)
         flags = ACK
         if size == unsent:
             flags |= PSH

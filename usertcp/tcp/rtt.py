@@ -49,8 +49,8 @@ class RttSampling:
 
     __slots__ = ()
 
-    def _rtt_ack(self, ack: int, now: float, tsecr: int | None = None) -> None:
-        """An RTT sample from an ACK that advanced SND.UNA.
+    def _rtt_ack(self, ack: int, now: float, tsecr: int | None = None) -> float | None:
+        """An RTT sample from an ACK that advanced SND.UNA; the sample (s), or None.
 
         With timestamps (RFC 7323 4.1) from every such ACK: SEG.TSecr is the TSval of the
         copy that made the peer ACK, so a retransmission is timed as itself and Karn's
@@ -70,15 +70,19 @@ class RttSampling:
                 rtx = self.rtx_ts
                 if rtx is not None:
                     if ((tsecr - rtx) & MASK) >= HALF:
-                        return  # echoes a segment sent before the latest retransmission
+                        return None  # echoes a segment sent before the latest retransmission
                     self.rtx_ts = None
                 ms = int(now * 1000)
                 rtt = (ms + self.ts_offset - tsecr) & MASK
                 if rtt <= ms - self.ts_base:
                     self.ts_sampled = tsecr
                     self.rtt.sample(rtt / 1000)
-            return
+                    return rtt / 1000
+            return None
         rs = self.rtt_seq
         if rs is not None and 0 < ((ack - rs) & MASK) < HALF:
-            self.rtt.sample(now - self.rtt_time)
+            sample = now - self.rtt_time
+            self.rtt.sample(sample)
             self.rtt_seq = None
+            return sample
+        return None

@@ -37,10 +37,20 @@ class Timers:
         t = self.keepalive_at
         if t is not None and (best is None or t < best):
             best = t
+        t = self.tlp_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.reo_at
+        if t is not None and (best is None or t < best):
+            best = t
         return best
 
     def on_timer(self, now: float) -> None:
         self.clock = now
+        if self.reo_at is not None and now >= self.reo_at:
+            self._on_reo_timer(now)
+        if self.tlp_at is not None and now >= self.tlp_at:
+            self._on_tlp(now)  # re-arms the RTO: a probe first, not a timeout
         if self.rto_at is not None and now >= self.rto_at:
             self._on_rto(now)
             if self.state is CLOSED:
@@ -94,6 +104,7 @@ class Timers:
                          "user timeout" if ut is not None else "retransmission timeout", now)
             return
         self.host.count("rto_expired")
+        self.rtos += 1
         self.rtt.backoff()
         self.rtt_seq = None  # Karn
         self.rto_at = now + self.rtt.rto
@@ -105,19 +116,14 @@ class Timers:
             self.retransmitted += 1
             self._send_syn_ack()
             return
-        # RFC 5681 3.1: collapse to one segment and go back to SND.UNA.
-        mss = self.snd_mss
-        flight = (self.snd_max - self.snd_una) & MASK
-        if self.backoffs == 1:
-            self.ssthresh = max(flight // 2, 2 * mss)
-        self.cwnd = mss
-        self.in_recovery = False
         self.dupacks = 0
+        if self.board is not None:
+            self._sack_rto(now)
+            return
+        # RFC 5681 3.1: collapse to one segment and go back to SND.UNA.
+        self.cc.on_rto(self, now, self.backoffs == 1)
+        self.in_recovery = False
         self.recover = self.snd_max
-        # RFC 6675 5.1: forget the scoreboard (the peer may have reneged); what it SACKs
-        # from now on is skipped as SND.NXT goes over the data again (_skip_sacked).
-        self.sacked = []
-        self.rtx_log = []
         self.snd_nxt = self.snd_una
         if self._send_data(now):
             self.retransmitted += 1
