@@ -246,8 +246,13 @@ def test_thousand_concurrent_connections_echo_intact(netns: NetNS, tmp_path: Pat
     print(f"counters: {final['counters']}; kernel->stack queue drops: {link['tx']['dropped']}")
     assert not left, left
     assert final["drops"] == {}, final["drops"]
-    assert final["counters"].get("resets_sent", 0) == 0, final["counters"]
-    assert final["counters"].get("resets_received", 0) == 0, final["counters"]
+    # No connection was reset. The only resets sent answer late duplicates that reach the
+    # listener after their connection closed (RFC 9293 3.10.7.2: an ACK in LISTEN gets a
+    # reset), e.g. the kernel's ACK, from TIME-WAIT, of a tail loss probe that resent a FIN
+    # whose first ACK sat in the full TUN queue: each such ACK fails the SYN-cookie check.
+    counters = final["counters"]
+    assert counters.get("resets_sent", 0) == counters.get("syn_cookies_rejected", 0), counters
+    assert counters.get("resets_received", 0) == 0, counters
     assert stack.stop(signal.SIGINT) == 0, stack.text()[-3000:]
 
 

@@ -12,18 +12,17 @@ Every transfer is an echo of seeded random bytes checked by SHA-256, against a d
 enforces itself, so a stalled transfer fails in bounded time instead of hanging. The seeds are
 printed (`pytest -s`) and are in every failure message; `USERTCP_ROBUST_SEED=N` replays one.
 
-Measured on a 2-core machine (20 MB echo, offload on; the stack's echo is the bottleneck), next to
-the kernel talking to itself over a veth pair with the same nft rules:
+Measured on a 2-core machine (20 MB echo, offload on; the stack's echo is the bottleneck):
 
-    loss   usertcp          kernel, Reno   kernel, CUBIC   kernel, BBR (this machine's default)
-     1 %   0.3-1 s          0.14 s         0.14 s          0.3 s
-     5 %   3-58 s           5.2 s          1.5 s           0.2 s
-    10 %   161 s            59 s           24 s            6-7 s
+    loss   usertcp, RACK-TLP + CUBIC   before RACK-TLP (RFC 6675, NewReno)
+     1 %   0.1-0.3 s                   0.3-4 s
+     5 %   3-4 s                       39-58 s
+    10 %   15-17 s                     161-194 s
 
-usertcp recovers mostly by retransmission timeouts there (hundreds of RTOs of at least 200 ms:
-with a window of a few segments a loss brings too few duplicate ACKs, and a lost last segment
-has no probe), so NFT_BOUNDS are two to three times its slowest measured runs: they catch a stall, a
-hang or a gross regression, not a shortfall against the kernel. The 10 % case alone takes minutes.
+Recovery is by RACK and tail loss probes; the RTOs left come from retransmissions lost in
+their turn at the tail. NFT_BOUNDS are several times the slowest measured runs, for a busy CI
+machine: they catch a stall, a hang or a gross regression. scripts/bench_loss.py measures the
+recovery itself, beside the kernel.
 """
 
 from __future__ import annotations
@@ -145,8 +144,8 @@ def assert_recovered(stack: StackProcess, snap: dict, port: int, why: str) -> No
 # nftables: N % of the packets on utcp0 dropped both ways, 20 MB echoed intact.
 
 NFT_SIZE = 20 * MB
-# Seconds for 20 MB: about twice usertcp's slowest measured runs (see the module docstring).
-NFT_BOUNDS = {1: 30.0, 5: 150.0, 10: 400.0}
+# Seconds for 20 MB: several times usertcp's slowest measured runs (see the module docstring).
+NFT_BOUNDS = {1: 20.0, 5: 60.0, 10: 150.0}
 
 
 @pytest.mark.parametrize("percent", sorted(NFT_BOUNDS))
@@ -167,7 +166,10 @@ def test_nft_loss_twenty_megabytes_echo_intact(netns: NetNS, tmp_path: Path, per
     assert out["intact"], why
     assert out["seconds"] <= bound, why
     counters = snap["counters"]
-    recovered_by = sum(counters.get(k, 0) for k in ("retransmits", "rto_expired", "fast_retransmits"))
+    # The stack repaired what it lost, or (little lost on its side: offloaded 64 KB segments
+    # are few) at least held the kernel's out-of-order data or probed a tail.
+    recovered_by = sum(counters.get(k, 0) for k in (
+        "retransmits", "rto_expired", "fast_retransmits", "tlp_probes", "rx_out_of_order"))
     assert recovered_by > 0, (why, counters)
     assert_recovered(stack, snap, out["port"], why)
     assert stack.stop(signal.SIGINT) == 0, stack.text()[-3000:]

@@ -185,6 +185,10 @@ class Stack:
     # ------------------------------------------------------------ the loop's callbacks
 
     def _on_readable(self) -> None:
+        self._receive_pending()
+        self._after_input()
+
+    def _receive_pending(self) -> None:
         receive = self.core.receive
         device = self.device
         loop_time = self.loop.time
@@ -203,12 +207,14 @@ class Stack:
             if bad != self._csum_bad_seen:
                 self.core.drops[DropReason.BAD_TCP_CHECKSUM.value] += bad - self._csum_bad_seen
                 self._csum_bad_seen = bad
-        self._after_input()
 
     def _on_timer(self) -> None:
         when = self._timer_when
         self._timer = None
         self._timer_when = None
+        # What the device already holds goes first: an ACK waiting there is no loss, and a
+        # probe or retransmission sent before reading it would be spurious.
+        self._receive_pending()
         # call_at may fire a hair early; never let the engine see time before the deadline.
         self.core.handle_timers(max(self.loop.time(), when or 0.0))
         if self.device.next_deadline() is not None:

@@ -6,9 +6,11 @@ kept here (so the hot path reads plain slots):
 
 - `arrival.Arrival`: segment arrival, RFC 9293 3.10.7, one method per step;
 - `output.Output`: segmenting within the windows, building segments and their options;
-- `recovery.Recovery`: loss recovery with SACK;
+- `recovery.Recovery`: loss recovery with SACK (RACK-TLP, PRR, undo, F-RTO);
+- `congestion`: CUBIC or NewReno behind one small interface (`self.cc`);
 - `timers.Timers`: retransmission, persist, delayed ACK, FIN-WAIT-2 and keepalive timers;
 - `rtt.RttSampling`: RTT samples (Karn's rule, or TSecr) into the RFC 6298 estimator;
+- `buffers.Buffers`: the application's send and receive calls and the windows they make;
 - the state transitions that are a table are in `transitions`.
 
 Options negotiated in the handshake: MSS, window scaling, SACK (RFC 2018; D-SACK, RFC
@@ -25,6 +27,7 @@ from ..wire.tcp import ACK, RST, Segment
 from . import congestion
 from . import events as ev
 from .arrival import Arrival
+from .buffers import Buffers
 from .output import Output
 from .reassembly import Reassembly
 from .recovery import Recovery
@@ -32,7 +35,7 @@ from .rack import Rack, Tlp
 from .rtt import RttEstimator, RttSampling
 from .scoreboard import Scoreboard
 from .seq import MASK
-from .state import CAN_RECEIVE, State
+from .state import State
 from .timers import Timers
 from .timestamps import TS_LEN
 from .transitions import ON_CLOSE
@@ -49,7 +52,7 @@ TIME_WAIT = State.TIME_WAIT
 CLOSED = State.CLOSED
 
 
-class Connection(Arrival, Output, Recovery, Timers, RttSampling):
+class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
     __slots__ = (
         "host", "cfg", "id", "local", "lport", "remote", "rport", "key", "state", "listener",
         "app_closed", "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2",
@@ -299,37 +302,6 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling):
         self.on_segment(ack, now)
         if self.state is SYN_RECEIVED:  # the ACK was not taken after all: no trace left
             self._finish(None, "syn cookie not taken", now)
-
-    def send(self, data, now: float) -> int:
-        space = self.cfg.send_buffer - len(self.sndbuf)
-        if space <= 0:
-            return 0
-        n = min(space, len(data))
-        self.sndbuf += data[:n] if n < len(data) else data
-        if self.state is not SYN_SENT and self.state is not SYN_RECEIVED:
-            self._mark()
-        return n
-
-    def send_space(self) -> int:
-        return max(self.cfg.send_buffer - len(self.sndbuf), 0)
-
-    def recv(self, max_bytes: int) -> bytes:
-        buf = self.rcvbuf
-        if max_bytes < 0 or max_bytes >= len(buf):
-            data = bytes(buf)
-            buf.clear()
-        else:
-            data = bytes(buf[:max_bytes])
-            del buf[:max_bytes]
-        self.data_event_pending = False
-        if data and self.state in CAN_RECEIVE:
-            # A window update when reading opened the window enough to matter.
-            adv = (self.rcv_adv - self.rcv_nxt) & MASK
-            space = self.cfg.receive_buffer - len(buf)
-            if space - adv >= min(self.cfg.receive_buffer >> 1, 2 * self.cfg.mss):
-                self.ack_now = True
-                self._mark()
-        return data
 
     def shutdown(self, now: float) -> None:
         """Queue our FIN after the data (RFC 9293 3.10.4 CLOSE)."""

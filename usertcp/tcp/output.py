@@ -21,28 +21,6 @@ class Output:
 
     __slots__ = ()
 
-    def _window_field(self) -> int:
-        """The window to advertise, never moving the right edge left.
-
-        Receiver-side silly window avoidance (RFC 9293 3.8.6.2.2): the edge
-        only advances by at least min(buffer / 2, MSS).
-        """
-        rcv_nxt = self.rcv_nxt
-        space = self.cfg.receive_buffer - len(self.rcvbuf)
-        adv = self.rcv_adv
-        current = (adv - rcv_nxt) & MASK
-        if current >= HALF:  # stale edge behind RCV.NXT (cannot happen once synchronized)
-            current = 0
-        if space - current >= min(self.cfg.receive_buffer >> 1, self.cfg.mss) or space == current:
-            field = space >> self.rcv_wscale
-            if field > 65535:
-                field = 65535
-            wnd = field << self.rcv_wscale
-            if wnd > current:
-                self.rcv_adv = (rcv_nxt + wnd) & MASK
-                return field
-        return current >> self.rcv_wscale
-
     def _xmit(self, flags: int, seq: int, payload=b"", options: bytes | None = None) -> None:
         """Send one segment; `options` None: the TSopt and SACK blocks due (none in a SYN)."""
         if options is None:
@@ -161,11 +139,6 @@ class Output:
         snd_mss already leaves out the TSopt every segment has; SACK blocks take more."""
         extra = len(opts) - self.ts_len
         return max(self.snd_mss - extra, 1) if extra > 0 else self.snd_mss
-
-    def _unsent(self) -> int:
-        """Data bytes queued but not yet sent (past SND.NXT)."""
-        sent = (self.snd_nxt - self.buf_seq) & MASK
-        return len(self.sndbuf) - sent if sent < HALF else len(self.sndbuf)
 
     def _send_data(self, now: float) -> bool:
         """Segment the send buffer by MSS within min(cwnd, SND.WND); Nagle; FIN."""

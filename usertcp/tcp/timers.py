@@ -1,6 +1,7 @@
-"""The connection's one set of timers: retransmission, persist, delayed ACK, FIN-WAIT-2,
-keepalive (RFC 9293 3.8, RFC 6298, RFC 1122 4.2.3.6, RFC 5482), each a deadline on the
-connection; the stack keeps one heap entry per connection for the earliest.
+"""The connection's one set of timers, each a deadline on the connection: retransmission
+(RFC 6298), tail loss probe and RACK reordering (RFC 8985), persist (RFC 9293 3.8.6.1),
+delayed ACK, FIN-WAIT-2, keepalive (RFC 1122 4.2.3.6) and the user timeout (RFC 5482). The
+stack keeps one heap entry per connection, for the earliest.
 """
 
 from __future__ import annotations
