@@ -1,4 +1,4 @@
-"""`--keepalive IDLE,INTERVAL,PROBES` and `--user-timeout SECONDS` reach TcpConfig."""
+"""The options `--keepalive`, `--user-timeout` and `--congestion` reach TcpConfig."""
 
 import pytest
 
@@ -28,3 +28,16 @@ def test_bad_values_are_usage_errors(argv, capsys):
         build_parser().parse_args(["echo", *argv])
     assert exc.value.code == 2
     assert "usage" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["cubic", "newreno"])
+def test_congestion_option(name):
+    assert _config(build_parser().parse_args(["echo", "--congestion", name])).congestion == name
+
+
+def test_congestion_default_is_cubic_and_others_are_usage_errors(capsys):
+    assert _config(build_parser().parse_args(["echo"])).congestion == "cubic"
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["echo", "--congestion", "bbr"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'bbr'" in capsys.readouterr().err
