@@ -134,7 +134,7 @@ def test_lost_retransmission_is_found_by_time(isn):
     sent after it (12000, at 1.75) is SACKed, once: no RTO. The retransmission went at the
     same `now` as the limited-transmit segments 10000 and 11000 but after them, and the
     scoreboard stamps it so: their SACKs do not condemn it."""
-    stack, peer, cid = sender(isn, nbytes=30000)
+    stack, peer, _cid = sender(isn, nbytes=30000)
     out = []
     for right in (2000, 3000, 4000):
         peer.send(ACK, 1.5, sack=[(d(1000), d(right))])
@@ -182,7 +182,7 @@ def test_tail_loss_probe_instead_of_a_timeout(isn):
 def test_tail_loss_probe_sends_new_data_when_the_window_allows(isn):
     """No ACK at all after the first flight, more data queued: the probe is the next new
     segment (RFC 8985 7.3), sent past cwnd, then the RTO is armed from it."""
-    stack, peer, cid = sender(isn, nbytes=20000)
+    stack, _peer, cid = sender(isn, nbytes=20000)
     assert conn(stack, cid).tlp_at == 2.0  # 2 * SRTT from 1.0, before the RTO at 2.5
     stack.handle_timers(2.0)
     expect(stack, 2.0, S(".", seq=d(10000), len=1000))
@@ -309,7 +309,7 @@ def test_tso_recovery_retransmits_one_mss(isn):
     peer.ts_val = 1600
     peer.send(ACK, 1.5, sack=[(d(1448), d(14480))])
     out = drain(stack, 1.5)
-    assert [(s.seq, len(s.payload)) for s in out][0] == (D, 1448)
+    assert (out[0].seq, len(out[0].payload)) == (D, 1448)
     assert all(len(s.payload) <= 1448 and s.ts_val is not None for s in out)
     assert stack.counters["rack_lost"] == 1
 
@@ -348,7 +348,7 @@ def test_cubic_reduces_to_seven_tenths(isn):
 
 
 def test_connection_table_shows_the_recovery_counters(isn):
-    stack, peer, cid = sender(isn)
+    stack, _peer, cid = sender(isn)
     row = info(stack, cid)
     for key in ("congestion", "rtos", "tlp_probes", "rack_lost", "spurious_undone", "lost",
                 "sacked", "in_recovery"):

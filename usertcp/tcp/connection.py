@@ -29,9 +29,9 @@ from . import events as ev
 from .arrival import Arrival
 from .buffers import Buffers
 from .output import Output
+from .rack import Rack, Tlp
 from .reassembly import Reassembly
 from .recovery import Recovery
-from .rack import Rack, Tlp
 from .rtt import RttEstimator, RttSampling
 from .scoreboard import Scoreboard
 from .seq import MASK

@@ -8,7 +8,6 @@ from .state import State
 from .timestamps import ts_option
 
 
-
 class TimeWait:
     """What is left of a connection for 2*MSL after it closed (RFC 9293 3.6)."""
 
