@@ -20,8 +20,6 @@ from .netns import NetNS
 from .stackproc import STACK, start_service
 from .test_robust_loss import assert_recovered, wait_closed
 
-pytestmark = pytest.mark.integration
-
 # Send a short message, read its echo, half-close, read to EOF; bounded by a deadline.
 CLIENT = r"""
 import json, socket, sys, time
