@@ -2,6 +2,7 @@
 # Shared set-up for scripts/test, scripts/demo and scripts/test-in-container. Source it, then call
 #   usertcp_venv [EXTRA]      create/refresh the venv and install the project (with [EXTRA] if given)
 #   usertcp_system_tools      as root: apt-get install the command-line tools the integration tests use
+#                             (non-zero when it cannot and CI=true, or when apt-get fails)
 # It sets USERTCP_ROOT (the checkout) and USERTCP_VENV (the venv; override with the environment variable).
 
 USERTCP_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,19 +41,58 @@ usertcp_venv() {
     { grep -s "^$want " "$stamp"; echo "$want $extra"; } | sort -u > "$stamp.new" && mv "$stamp.new" "$stamp"
 }
 
-# usertcp_system_tools: as root, install the Debian packages for any missing curl, nc, nft, ip.
-# nc must be the OpenBSD netcat (the tests use -N), so its absence or another flavour both count as missing.
-usertcp_system_tools() {
-    [ "$(id -u)" = 0 ] || return 0
-    command -v apt-get >/dev/null || return 0
+# usertcp_ci: true when CI is set to true/1/yes (any case), as CI services set it.
+usertcp_ci() {
+    case "${CI:-}" in [Tt][Rr][Uu][Ee] | 1 | [Yy][Ee][Ss]) return 0 ;; *) return 1 ;; esac
+}
+
+# _usertcp_missing_tools: the Debian packages for whichever of curl, nc, nft, ip are missing.
+# nc must be the OpenBSD netcat (the tests use -N), so its absence or another flavour both count.
+_usertcp_missing_tools() {
     local pkgs=()
     command -v curl >/dev/null || pkgs+=(curl)
-    { command -v nc >/dev/null && nc -h 2>&1 | grep -qE '^[[:space:]]+-N[[:space:]]'; } || pkgs+=(netcat-openbsd)
+    { command -v nc >/dev/null && nc -h 2>&1 | grep -qE '^[[:space:]]+-N[[:space:]]'; } ||
+        pkgs+=(netcat-openbsd)
     command -v nft >/dev/null || pkgs+=(nftables)
     command -v ip >/dev/null || pkgs+=(iproute2)
-    [ ${#pkgs[@]} -eq 0 ] && return 0
-    _usertcp_log "apt-get install ${pkgs[*]}"
+    echo "${pkgs[*]}"
+}
+
+# _usertcp_cannot_install WHY: under CI an error (returns 1), else a warning (returns 0).
+_usertcp_cannot_install() {
+    if usertcp_ci; then
+        _usertcp_log "error: $*; CI=true needs every tool the integration tests use"
+        return 1
+    fi
+    _usertcp_log "warning: $*; the integration tests that need them will fail or be skipped"
+}
+
+# usertcp_system_tools: install (as root, with apt-get) the Debian packages for any missing curl,
+# nc, nft, ip. When that cannot be done (not root, no apt-get) it warns, or under CI fails; a
+# failing apt-get, or a tool still missing after it, always fails.
+usertcp_system_tools() {
+    local missing
+    missing=$(_usertcp_missing_tools)
+    [ -z "$missing" ] && return 0
+    if [ "$(id -u)" != 0 ]; then
+        _usertcp_cannot_install "missing $missing, and not root to apt-get install them"
+        return
+    fi
+    if ! command -v apt-get >/dev/null; then
+        _usertcp_cannot_install "missing $missing, and no apt-get to install them"
+        return
+    fi
+    _usertcp_log "apt-get install $missing"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null || return
-    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || return
+    # shellcheck disable=SC2086 # one word per package
+    if ! apt-get update -qq >/dev/null || ! apt-get install -y -qq --no-install-recommends \
+            $missing >/dev/null; then
+        _usertcp_log "error: apt-get could not install $missing"
+        return 1
+    fi
+    missing=$(_usertcp_missing_tools)
+    if [ -n "$missing" ]; then
+        _usertcp_log "error: still missing after apt-get install: $missing"
+        return 1
+    fi
 }

@@ -3,6 +3,7 @@
 import asyncio
 import hashlib
 import os
+import time
 
 import pytest
 
@@ -138,14 +139,25 @@ async def test_reset_surfaces_as_connection_reset_error(pair):
 
 
 async def test_connect_times_out_when_syns_go_nowhere():
+    """SYN-SENT gives up by itself: the SYN and syn_retries=2 retransmissions, RTOs 0.05,
+    0.1 and 0.2 s, so about 0.35 s. The outer bound raises nothing of its own, so only the
+    stack's TimeoutError can satisfy the test."""
     dev_a, dev_b = MemoryDevice.pair()
     lossy = FaultInjector(dev_a, seed=1, loss=1.0, direction="tx")
     a = Stack(lossy, "10.0.0.1", config=TcpConfig(syn_retries=2, rto_initial=0.05, rto_min=0.05))
+    attempt = asyncio.ensure_future(a.open_connection("10.0.0.2", 80))
     try:
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(5):
-                await a.open_connection("10.0.0.2", 80)
+        start = time.monotonic()
+        done, _ = await asyncio.wait({attempt}, timeout=5)
+        elapsed = time.monotonic() - start
+        assert attempt in done, "SYN-SENT never gave up"
+        with pytest.raises(TimeoutError, match=r"^connect to 10\.0\.0\.2:80 timed out$"):
+            attempt.result()
+        assert 0.3 < elapsed < 2.0, elapsed
+        assert a.counters["rto_expired"] == 2 and a.counters["timeouts"] == 1, a.counters
+        assert a.core.connection_count() == 0
     finally:
+        attempt.cancel()
         await a.aclose(timeout=0.1)
         dev_b.close()
 
@@ -204,6 +216,15 @@ async def test_unread_data_survives_the_close_handshake(pair):
     await b.start_server(sender, 19)
     reader, writer = await a.open_connection("10.0.0.2", 19)
     await asyncio.sleep(0.3)  # let the transfer stall against our reader's limit
+    # Stalled: our reader paused, our receive buffer full and its window shut, and the
+    # sender still holding data (so its FIN has not gone either).
+    assert not writer.transport.is_reading()
+    [ours] = [r for r in a.core.connections() if r["conn_id"] == writer.transport.conn_id]
+    assert (ours["state"], ours["rcv_wnd"]) == ("ESTABLISHED", 0), ours
+    assert ours["recv_queue"] == TcpConfig().receive_buffer, ours
+    [theirs] = [r for r in b.core.connections()
+                if r["conn_id"] is not None and r["remote"] == writer.get_extra_info("sockname")]
+    assert theirs["send_queue"] > 0 and theirs["snd_wnd"] == 0, theirs
     writer.write_eof()  # our FIN too: the connection ends while data is still unread
     got = await reader.read()
     assert got == payload

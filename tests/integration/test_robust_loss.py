@@ -148,6 +148,7 @@ NFT_SIZE = 20 * MB
 NFT_BOUNDS = {1: 20.0, 5: 60.0, 10: 150.0}
 
 
+@pytest.mark.timeout(max(NFT_BOUNDS.values()) + 300)  # past the test's own bounds
 @pytest.mark.parametrize("percent", sorted(NFT_BOUNDS))
 def test_nft_loss_twenty_megabytes_echo_intact(netns: NetNS, tmp_path: Path, percent: int) -> None:
     seed = seed_for(1000 + percent)

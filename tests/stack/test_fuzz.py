@@ -43,25 +43,28 @@ with `--hypothesis-seed=N` to reproduce one.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import heapq
-import inspect
 import math
 import random
 import struct
 from collections import Counter, deque
 
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from usertcp.stack import Stack
-from usertcp.tcp import errors as tcp_errors
 from usertcp.tcp import events as ev
 from usertcp.tcp.config import TcpConfig
 from usertcp.tcp.connection import Connection
-from usertcp.tcp.errors import ConnectionNotWritable, PortInUse, UnknownConnection
+from usertcp.tcp.errors import (
+    ConnectionNotWritable,
+    PortInUse,
+    TooManyConnections,
+    UnknownConnection,
+)
 from usertcp.tcp.isn import initial_sequence_number
 from usertcp.tcp.seq import HALF, MASK
 from usertcp.tcp.state import CAN_SEND, State
@@ -75,15 +78,11 @@ A_ADDR, B_ADDR, CLEAN_ADDR = "10.0.0.1", "10.0.0.2", "10.0.0.3"
 A_INT, B_INT = 0x0A000001, 0x0A000002
 FAKE_PEERS = (0x0A000009, 0x0A010203, 0xC0A80707)  # sources nobody on the wire owns
 LISTEN_PORTS = (81, 80)  # A listens on 81, B on 80
+FRESH_PORT = 8080  # for fresh_connection_check when the fuzzer limited LISTEN_PORTS' listener
 WIRE_DELAY = 0.001
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 
 _TERMINAL = (ev.ConnectionClosed, ev.ConnectionReset, ev.ConnectionTimedOut)
-# Features the engine may or may not have yet (it grows while this harness exists):
-# used when present, skipped when not.
-_CONFIG_FIELDS = {f.name for f in dataclasses.fields(TcpConfig)}
-_TooManyConnections = getattr(tcp_errors, "TooManyConnections", ())
-_LISTEN_LIMIT = "max_connections" in inspect.signature(Stack.listen).parameters
 
 
 # ---------------------------------------------------------------------------- packet bytes
@@ -249,9 +248,7 @@ class World:
                  receive_buffer: int = 64 * 1024, nagle: bool = True, delayed_ack: bool = True,
                  wrap: int | None = None, initial_data: int = 20_000, secret: bytes = b"fuzz",
                  max_steps: int = 200_000, **extra):
-        """`extra`: more TcpConfig fields (syn_backlog, keepalive, ...); those this
-        version of the engine does not have are left out."""
-        extra = {k: v for k, v in extra.items() if k in _CONFIG_FIELDS}
+        """`extra`: more TcpConfig fields (syn_backlog, keepalive, ...)."""
         self.config = TcpConfig(mss=mss, send_buffer=send_buffer, receive_buffer=receive_buffer,
                                 nagle=nagle, delayed_ack=delayed_ack, isn_secret=secret, **extra)
         self.now = 0.0
@@ -575,10 +572,8 @@ class World:
         what %= 8
         name = ("shutdown", "close", "abort", "nodelay", "shutdown-both", "close-both",
                 "keepalive", "user-timeout")[what]
-        if what >= 6 and not hasattr(stack, "set_" + name.replace("-", "_")):
-            what, name = 3, "nodelay"  # an engine without the call
         self.ops[name] += 1
-        if what >= 4:
+        if what in (4, 5):
             peer = self.peer_of(side, conn)
             for s, c in ((side, conn), (1 - side, peer)):
                 if type(c) is Connection and c.id in self.ids[s]:
@@ -613,6 +608,11 @@ class World:
                     raise AssertionError(f"{name}() of unknown {cid} did not raise")
             else:
                 call()
+                if what >= 6:
+                    # Either may pull a deadline to now or before (a user timeout shorter than
+                    # a stall already under way): run it, as the asyncio driver does (its
+                    # timer, re-armed to that deadline, fires at once).
+                    stack.handle_timers(self.now)
         elif what == 1:
             stack.close(cid, self.now)
         else:
@@ -630,7 +630,7 @@ class World:
                 try:
                     cid = self.stacks[s].connect(self.addrs[1 - s], rport, self.now,
                                                  local_port=lport)
-                except (PortInUse, _TooManyConnections):
+                except (PortInUse, TooManyConnections):
                     continue
                 self._remember(s, cid)
             self.flush()
@@ -642,7 +642,7 @@ class World:
             cid = stack.connect(remote, port, self.now, local_port=local)
         except PortInUse:
             assert local is not None and (remote, port, local) in stack._conns
-        except _TooManyConnections:
+        except TooManyConnections:
             assert stack.connection_count() >= stack.config.max_connections
         else:
             self._remember(side, cid)
@@ -665,8 +665,8 @@ class World:
             else:
                 stack.unlisten(port)
         else:
-            limit = {"max_connections": (None, 1, 3)[(pick >> 4) % 3]} if _LISTEN_LIMIT else {}
-            stack.listen(port, backlog=(None, 1, 4)[(pick >> 2) % 3], **limit)
+            stack.listen(port, backlog=(None, 1, 4)[(pick >> 2) % 3],
+                         max_connections=(None, 1, 3)[(pick >> 4) % 3])
         self.flush()
 
     # -- invariants
@@ -706,19 +706,17 @@ class World:
             for obj in stack._conns.values():
                 assert stack._by_id.get(obj.id) is obj, f"{where}: {obj.key} not in the id table"
             conns = [c for c in stack._by_id.values() if type(c) is Connection]
-            if hasattr(stack, "connection_count"):
-                assert stack.connection_count() == len(conns), (
-                    f"{where}: connection_count() {stack.connection_count()}, {len(conns)} live")
-                assert len(conns) <= stack.config.max_connections, where
+            assert stack.connection_count() == len(conns), (
+                f"{where}: connection_count() {stack.connection_count()}, {len(conns)} live")
+            assert len(conns) <= stack.config.max_connections, where
             for port, listener in stack._listeners.items():
                 half = sum(1 for c in conns if c.listener is listener and not c.accepted)
                 assert listener.half_open == half, (
                     f"{where}:{port}: half_open {listener.half_open}, {half} in SYN-RECEIVED")
-                if hasattr(listener, "connections"):
-                    mine = sum(1 for c in conns if c.listener is listener)
-                    assert listener.connections == mine, (
-                        f"{where}:{port}: connections {listener.connections}, {mine} live")
-                    assert listener.max_connections is None or mine <= listener.max_connections
+                mine = sum(1 for c in conns if c.listener is listener)
+                assert listener.connections == mine, (
+                    f"{where}:{port}: connections {listener.connections}, {mine} live")
+                assert listener.max_connections is None or mine <= listener.max_connections
                 assert 0 <= listener.half_open <= listener.syn_backlog, (where, port)
                 assert 0 <= listener.accept_queue <= listener.backlog, (where, port)
             assert not stack._awaiting_accept, f"{where}: accepted but the event was taken"
@@ -743,8 +741,6 @@ class World:
     def _make_room(self, need: int = 4) -> None:
         """Under TcpConfig.max_connections, leave room for the fresh connections: the
         application aborts the connections it knows; half-open ones time out."""
-        if not hasattr(Stack, "connection_count"):
-            return
         limit = self.config.max_connections - need
         for side, stack in enumerate(self.stacks):
             for cid in list(self.ids[side]):
@@ -776,6 +772,11 @@ class World:
         clean = Stack(CLEAN_ADDR, config=TcpConfig(isn_secret=b"clean", mss=self.config.mss))
         link = Link(stack, clean, seed=side, now=self.now)
         port = LISTEN_PORTS[side]
+        listener = stack._listeners.get(port)
+        if listener is not None and (listener.max_connections is not None or listener.backlog < 4):
+            # The fuzzer made this listener again with limits of its own, which its half-open
+            # and live connections may fill: the fresh client would find no room.
+            port = FRESH_PORT
         if port not in stack._listeners:
             stack.listen(port)
         clean.listen(9000)
@@ -939,6 +940,10 @@ windows = st.one_of(st.sampled_from([0, 1, 100, 65535]), st.integers(0, 65535))
 class StackFuzz(RuleBasedStateMachine):
     """Random packets, time and application calls against two live stacks."""
 
+    def __init__(self):
+        super().__init__()
+        self.world: World | None = None  # made by setup(), which runs first
+
     @initialize(k=st.integers(0, 255), k2=st.integers(0, 255), wrap=st.integers(0, 5000))
     def setup(self, k, k2, wrap):
         self.world = world_from(ByteSource(bytes([k, k2]) + wrap.to_bytes(2, "big")))
@@ -1011,19 +1016,17 @@ class StackFuzz(RuleBasedStateMachine):
     def listen(self, side, pick):
         self.world.app_listen(side, pick)
 
-    @invariant()
+    @invariant()  # checked only once setup() has run (hypothesis: check_during_init=False)
     def invariants(self):
-        if hasattr(self, "world"):
-            self.world.check()
+        self.world.check()
 
     def teardown(self):
-        world = getattr(self, "world", None)
-        if world is not None:
-            world.fresh_connection_check()
+        if self.world is not None:  # None only if setup() itself failed
+            self.world.fresh_connection_check()
 
 
 StackFuzz.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=50, deadline=None,
+    stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 TestStackFuzz = StackFuzz.TestCase
 
@@ -1080,7 +1083,7 @@ def _receive_one(world: World, packet: bytes, verified: bool) -> None:
     world.check()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.binary(max_size=200), verified=st.booleans(), ipv4=st.booleans())
 def test_random_bytes_never_raise(data, verified, ipv4):
     world = _fresh_world()
@@ -1093,7 +1096,7 @@ def test_random_bytes_never_raise(data, verified, ipv4):
     world.fresh_connection_check(size=2000)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pick=st.integers(0, 1000), mutations=mutations_st, fix=st.booleans(),
        verified=st.booleans())
 def test_mutated_packets_never_raise(pick, mutations, fix, verified):
@@ -1120,6 +1123,7 @@ def test_bytes_front_end_runs_and_checks():
     assert fed > 100
 
 
+@pytest.mark.timeout(360)  # past the subprocess's own 300 s
 def test_fuzz_script_random_engine_runs():
     """scripts/fuzz.py (random engine, a few thousand packets) runs and reports."""
     import subprocess
@@ -1186,4 +1190,44 @@ def test_fin_just_past_a_full_window_keeps_rcv_adv_at_rcv_nxt():
     assert len(world.stacks[1].recv(b_conn.id)) == 3000
     world.flush()
     world.tick(1.0)
+    world.check()
+
+
+def test_fresh_check_avoids_a_listener_the_fuzzer_limited():
+    """Found by StackFuzz. B's listener on 80 made again with max_connections=1, which A's
+    new connection then fills: the fresh check's client found no room and timed out."""
+    world = World()
+    world.app_connect(0, 0)  # A connects to B:80 (SYN-SENT)
+    world.app_listen(1, 0)  # B unlistens 80
+    world.app_listen(1, 1120)  # and listens again: backlog 1, max_connections 1
+    assert world.stacks[1]._listeners[80].max_connections == 1
+    world.tick(0.01)
+    assert not world.stacks[1]._listeners[80].has_room()
+    world.fresh_connection_check()
+
+
+def test_fresh_check_avoids_a_listener_a_half_open_connection_fills():
+    """A spoofed SYN's half-open entry fills A's re-made listener (max_connections=1), and
+    no abort by the application can remove it: the fresh check must not wait for room."""
+    world = World()
+    world.app_listen(0, 0)  # A unlistens 81
+    world.app_connect(1, 0)
+    world.app_listen(0, 160)  # and listens again: backlog 1, max_connections 1
+    world.syn_flood(0, 0, 1)
+    assert not world.stacks[0]._listeners[81].has_room()
+    world.fresh_connection_check()
+
+
+def test_app_calls_reach_their_api():
+    """app_call's keepalive and user-timeout call set_keepalive and set_user_timeout (they
+    were once taken for close-both, and a missing call silently became set_nodelay)."""
+    world = World()
+    conn = _conn_of(world, 0, 40000)
+    pick = next(p for p in range(1000)
+                if world.pick_id(0, p) == conn.id and p & 1 and (p >> 1) % 4 == 1)
+    world.app_call(0, pick, 6)  # on
+    assert conn.keepalive and conn.state is State.ESTABLISHED
+    world.app_call(0, pick, 7)  # 0.5 s
+    assert conn.user_timeout == 0.5 and conn.state is State.ESTABLISHED
+    assert world.ops["keepalive"] == world.ops["user-timeout"] == 1
     world.check()

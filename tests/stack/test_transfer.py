@@ -92,7 +92,7 @@ def test_only_the_ack_path_is_bad():
 
 # ---------------------------------------------------------------------------- property
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1),
        loss=st.floats(0.0, 0.2),
        duplicate=st.floats(0.0, 0.1),

@@ -4,6 +4,7 @@ import pytest
 from tcp_helpers import (
     ACK,
     FIN,
+    PSH,
     RST,
     S,
     events,
@@ -198,6 +199,90 @@ def test_fin_wait_2_after_shutdown_has_no_timeout(opened):
     peer.send(ACK, 1.5)
     stack.handle_timers(1000.0)
     assert stack.state(cid) is State.FIN_WAIT_2
+
+
+
+# ------------------------------------------------------------------ the peer's FIN again
+# The peer did not get our ACK of its FIN and sends the FIN again: each copy is ACKed again
+# with ack = its FIN + 1, and nothing else changes. Bare or with the data it carried, the copy
+# lies wholly before RCV.NXT: the out-of-window answer, never rate-limited for a FIN.
+
+PEER_DATA = {"bare": b"", "with-data": b"tail"}
+
+
+@pytest.fixture(params=list(PEER_DATA))
+def peer_data(request):
+    return PEER_DATA[request.param]
+
+
+def peer_fin(peer, t, data, *, ack, again=False):
+    """The peer's FIN (after `data`) at seq W; `again`: the same segment once more."""
+    flags = FIN | ACK | (PSH if data else 0)
+    peer.send(flags, t, seq=W, ack=ack, data=data, advance=not again)
+
+
+def test_fin_again_in_close_wait_is_acked_again(opened, peer_data):
+    stack, peer, cid = opened
+    fin_ack = seq_add(W, len(peer_data) + 1)
+    peer_fin(peer, 1.0, peer_data, ack=U)
+    expect(stack, 1.0, S(".", seq=U, ack=fin_ack, len=0))
+    assert stack.state(cid) is State.CLOSE_WAIT
+    events(stack)
+    assert stack.recv(cid) == peer_data
+    for t in (1.5, 1.5, 2.5):  # twice at once too: no rate limit on segments with a FIN
+        peer_fin(peer, t, peer_data, ack=U, again=True)
+        expect(stack, t, S(".", seq=U, ack=fin_ack, len=0))
+        assert stack.state(cid) is State.CLOSE_WAIT
+    assert events(stack) == []  # one PeerClosed, for the first FIN only
+    assert stack.recv(cid) == b""  # the copy's data is not delivered twice
+    stack.close(cid, 3.0)  # and the connection still closes as usual
+    expect(stack, 3.0, S("F.", seq=U, ack=fin_ack))
+    assert stack.state(cid) is State.LAST_ACK
+
+
+def test_fin_again_in_last_ack_is_acked_again(opened, peer_data):
+    stack, peer, cid = opened
+    fin_ack = seq_add(W, len(peer_data) + 1)
+    peer_fin(peer, 1.0, peer_data, ack=U)
+    expect(stack, 1.0, S(".", seq=U, ack=fin_ack))
+    assert stack.recv(cid) == peer_data  # else close() would reset (RFC 2525 2.17)
+    stack.close(cid, 1.2)
+    expect(stack, 1.2, S("F.", seq=U, ack=fin_ack))
+    assert stack.state(cid) is State.LAST_ACK
+    events(stack)
+    deadline = stack.next_deadline()  # our FIN's retransmission
+    for t in (1.3, 1.3, 1.4):
+        # The copy does not acknowledge our FIN (the peer sent it before it saw ours).
+        peer_fin(peer, t, peer_data, ack=U, again=True)
+        expect(stack, t, S(".", seq=seq_add(U, 1), ack=fin_ack, len=0))
+        assert stack.state(cid) is State.LAST_ACK
+    assert events(stack) == []
+    assert stack.next_deadline() == deadline
+    peer.send(ACK, 1.5, seq=seq_add(W, len(peer_data) + 1), ack=seq_add(U, 1))
+    expect(stack, 1.5)
+    assert stack.state(cid) is State.CLOSED
+
+
+def test_fin_again_in_closing_is_acked_again(opened, peer_data):
+    stack, peer, cid = opened
+    fin_ack = seq_add(W, len(peer_data) + 1)
+    stack.shutdown(cid, 1.0)  # not close(): data after close() is answered with RST
+    expect(stack, 1.0, S("F.", seq=U, ack=W))
+    peer_fin(peer, 1.25, peer_data, ack=U)  # crosses ours: does not acknowledge it
+    expect(stack, 1.25, S(".", seq=seq_add(U, 1), ack=fin_ack, len=0))
+    assert stack.state(cid) is State.CLOSING
+    events(stack)
+    deadline = stack.next_deadline()
+    for t in (1.3, 1.3, 1.4):
+        peer_fin(peer, t, peer_data, ack=U, again=True)
+        expect(stack, t, S(".", seq=seq_add(U, 1), ack=fin_ack, len=0))
+        assert stack.state(cid) is State.CLOSING
+    assert events(stack) == []
+    assert stack.next_deadline() == deadline
+    assert stack.recv(cid) == peer_data
+    peer.send(ACK, 1.5, seq=fin_ack, ack=seq_add(U, 1))
+    expect(stack, 1.5)
+    assert stack.state(cid) is State.TIME_WAIT
 
 
 # ------------------------------------------------------------------ TIME-WAIT

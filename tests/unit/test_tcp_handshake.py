@@ -1,5 +1,6 @@
 """Opening ladders: passive, active and simultaneous open; ISNs; SYN and SYN-ACK retransmission."""
 
+import pytest
 from tcp_helpers import (
     ACK,
     RST,
@@ -308,6 +309,47 @@ def test_syn_received_bad_ack_is_reset(isn):
     peer.send(ACK, 0.1, ack=Y + 5)  # acknowledges what we never sent
     expect(stack, 0.1, S("R", seq=Y + 5))
     assert stack.state(cid) is State.SYN_RECEIVED
+
+
+
+def _syn_received(isn, how: str):
+    """A connection in SYN-RECEIVED, from LISTEN ("passive") or from a simultaneous open."""
+    stack = make_stack()
+    isn.set(Y)
+    if how == "passive":
+        stack.listen(80)
+        peer = Peer(stack, iss=X)
+        peer.syn(0.0)
+    else:
+        stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+        expect(stack, 0.0, S("S", seq=Y))
+        peer = Peer(stack, port=80, stack_port=50000, iss=X)
+        peer.syn(0.0)
+    expect(stack, 0.0, S("S.", seq=Y, ack=X + 1))
+    [cid] = {e.conn_id for e in events(stack)}
+    assert stack.state(cid) is State.SYN_RECEIVED
+    return stack, peer, cid
+
+
+@pytest.mark.parametrize("how", ["passive", "simultaneous"])
+def test_syn_received_refuses_an_ack_of_our_iss(isn, how):
+    """RFC 9293 3.10.7.4: in SYN-RECEIVED only SND.UNA < SEG.ACK =< SND.NXT is acceptable.
+    SEG.ACK = ISS (= SND.UNA) acknowledges nothing: <SEQ=SEG.ACK><CTL=RST>, and the
+    connection stays in SYN-RECEIVED for the right ACK."""
+    stack, peer, cid = _syn_received(isn, how)
+    counters = dict(stack.counters)
+    peer.send(ACK, 0.1, ack=Y)
+    expect(stack, 0.1, S("R", seq=Y, ack=0, win=0, len=0))
+    assert stack.state(cid) is State.SYN_RECEIVED
+    assert events(stack) == []
+    assert stack.counters["resets_sent"] == counters.get("resets_sent", 0) + 1
+    peer.send(ACK, 0.2, ack=Y - 1)  # one below, as well
+    expect(stack, 0.2, S("R", seq=Y - 1, ack=0, win=0, len=0))
+    assert stack.state(cid) is State.SYN_RECEIVED
+    peer.send(ACK, 0.3, ack=Y + 1)  # the right one still completes the open
+    expect(stack, 0.3)
+    assert stack.state(cid) is State.ESTABLISHED
+    assert names(events(stack))[0] == "SYN-RECEIVED->ESTABLISHED"
 
 
 # ------------------------------------------------------------------ ISN

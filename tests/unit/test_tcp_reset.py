@@ -11,12 +11,14 @@ from tcp_helpers import (
     SYN,
     Peer,
     S,
+    drain,
     events,
     expect,
     make_stack,
     names,
     open_active,
     open_passive,
+    seq_add,
 )
 
 from usertcp.tcp import ConnectionReset, State
@@ -229,3 +231,69 @@ def test_ack_too_old_is_challenged(isn):
     expect(stack, 10.0, S(".", seq=Y + 1, ack=X + 1))
     assert stack.recv(cid) == b""
     assert stack.counters["ack_too_old"] == 1
+
+
+def _sent_2500_bytes_through_a_1000_byte_window(isn):
+    """ESTABLISHED with MAX.SND.WND = 1000 (the peer never offers more) and SND.UNA = SND.MAX
+    2500 bytes past the handshake; no delayed ACKs, so taken data is answered at once."""
+    stack, peer, cid = open_passive(isn, window=1000, delayed_ack=False)
+    stack.send(cid, b"d" * 2500, 1.0)
+    t = 1.0
+    for _ in range(10):
+        segs = drain(stack, t)
+        if not segs:
+            break
+        assert sum(len(s.payload) for s in segs) <= 1000  # the window bounds the flight
+        peer.took(segs[-1])
+        t += 0.1
+        peer.send(ACK, t)
+    [row] = [r for r in stack.connections(t) if r["conn_id"] == cid]
+    una = seq_add(Y, 1 + 2500)
+    assert (row["snd_una"], row["snd_nxt"], row["send_queue"]) == (una, una, 0)
+    return stack, peer, cid, una, t
+
+
+def test_ack_acceptability_lower_edge_is_snd_una_minus_max_snd_wnd(isn):
+    """RFC 5961 5.2: SND.UNA - MAX.SND.WND =< SEG.ACK =< SND.MAX is acceptable, exactly."""
+    stack, peer, cid, una, t = _sent_2500_bytes_through_a_1000_byte_window(isn)
+    rcv = peer.seq
+    # At the edge: accepted, its data taken and ACKed.
+    peer.send(ACK | PSH, t + 1, ack=una - 1000, data=b"edge")
+    expect(stack, t + 1, S(".", seq=una, ack=rcv + 4, len=0))
+    assert stack.recv(cid) == b"edge"
+    assert stack.counters["ack_too_old"] == 0 and stack.counters["challenge_acks"] == 0
+    # One below: a challenge ACK (RCV.NXT unchanged), the segment dropped.
+    peer.send(ACK | PSH, t + 2, ack=una - 1001, data=b"past", advance=False)
+    expect(stack, t + 2, S(".", seq=una, ack=rcv + 4, len=0))
+    assert stack.recv(cid) == b""
+    assert stack.counters["ack_too_old"] == 1 and stack.counters["challenge_acks"] == 1
+    # The same as bare ACKs: at the edge nothing to answer, below it a challenge ACK.
+    peer.send(ACK, t + 3, ack=una - 1000)
+    expect(stack, t + 3)
+    peer.send(ACK, t + 4, ack=una - 1001)
+    expect(stack, t + 4, S(".", seq=una, ack=rcv + 4, len=0))
+    assert stack.counters["ack_too_old"] == 2 and stack.counters["challenge_acks"] == 2
+    assert stack.state(cid) is State.ESTABLISHED
+
+
+def test_ack_acceptability_upper_edge_is_snd_max(isn):
+    """An ACK of data never sent (SEG.ACK > SND.MAX) is answered with an ACK and dropped;
+    SEG.ACK = SND.MAX is a plain ACK of everything in flight."""
+    stack, peer, cid, una, t = _sent_2500_bytes_through_a_1000_byte_window(isn)
+    rcv = peer.seq
+    stack.send(cid, b"e" * 300, t + 1)
+    expect(stack, t + 1, S("P.", seq=una, ack=rcv, len=300))
+    snd_max = seq_add(una, 300)
+    peer.send(ACK | PSH, t + 2, ack=snd_max + 1, data=b"over", advance=False)
+    expect(stack, t + 2, S(".", seq=snd_max, ack=rcv, len=0))
+    assert stack.recv(cid) == b""
+    assert stack.counters["ack_of_unsent"] == 1
+    [row] = [r for r in stack.connections(t + 2) if r["conn_id"] == cid]
+    assert row["snd_una"] == una  # the dropped ACK moved nothing
+    peer.send(ACK | PSH, t + 3, ack=snd_max, data=b"edge")
+    expect(stack, t + 3, S(".", seq=snd_max, ack=rcv + 4, len=0))
+    assert stack.recv(cid) == b"edge"
+    [row] = [r for r in stack.connections(t + 3) if r["conn_id"] == cid]
+    assert row["snd_una"] == snd_max
+    assert stack.counters["ack_of_unsent"] == 1
+    assert stack.state(cid) is State.ESTABLISHED

@@ -34,7 +34,7 @@ def _buffer(size: int, seed: int, fill: str) -> bytes:
 
 # --- reduce -----------------------------------------------------------------------------------
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(size=st.integers(0, 70000), seed=st.integers(0, 2**32),
        fill=st.sampled_from(["random", "random", "ones", "zeros"]))
 def test_reduce_is_mod_ffff_for_random_buffers(size, seed, fill):
@@ -57,7 +57,7 @@ def test_reduce_at_strategy_boundaries(bits):
 
 # --- internet_checksum vs the reference ------------------------------------------------------
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.binary(max_size=3000))
 def test_internet_checksum_matches_reference(data):
     assert internet_checksum(data) == ref_checksum(data)
@@ -120,7 +120,7 @@ def test_checksum_of_nonzero_data_summing_to_ffff_is_zero():
 
 # --- word_sum pieces, finish, pseudo-header ----------------------------------------------------
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(st.binary(max_size=600).filter(lambda b: len(b) % 2 == 0), st.binary(max_size=600))
 def test_word_sums_of_even_offset_pieces_add_up(head, tail):
     whole = word_sum(head + tail)
@@ -137,7 +137,7 @@ def test_word_sum_pads_odd_length_with_a_zero_byte():
     assert word_sum(b"\x12\x34\x56") == word_sum(b"\x12\x34\x56\x00")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 255),
        st.integers(0, 65535))
 def test_pseudo_header_sum_matches_packed_pseudo_header(src, dst, proto, length):

@@ -73,7 +73,7 @@ def test_echo_request_with_link_padding():
     check_reply(reply_to(request), 1, 2, b"pad")
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(ident=st.integers(0, 65535), seq=st.integers(0, 65535), payload=st.binary(max_size=200))
 def test_echo_reply_random(ident, seq, payload):
     check_reply(reply_to(echo_request(ident, seq, payload)), ident, seq, payload)

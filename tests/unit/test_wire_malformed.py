@@ -343,7 +343,7 @@ FUZZ_BASES = [
 ]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(deadline=None)
 @given(st.binary(max_size=120))
 def test_random_bytes(data):
     outcome(parse_packet, data)
@@ -352,7 +352,7 @@ def test_random_bytes(data):
 option_byte = st.sampled_from([0, 1, 2, 3, 4, 5, 8, 10, 18, 254]) | st.integers(0, 255)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(deadline=None)
 @given(ip_words=st.integers(0, 10), data=st.data(), flags=st.integers(0, 255),
        flags_ok=st.integers(0, 3), doff_ok=st.integers(0, 9), fix=st.integers(0, 9))
 def test_random_headers_with_valid_checksums(ip_words, data, flags, flags_ok, doff_ok, fix):
@@ -385,7 +385,7 @@ def test_random_headers_with_valid_checksums(ip_words, data, flags, flags_ok, do
     event(fast[1].value if fast[0] == "drop" else "parsed")
 
 
-@settings(max_examples=600, deadline=None)
+@settings(deadline=None)
 @given(base=st.sampled_from(FUZZ_BASES), data=st.data(), fix=st.booleans())
 def test_single_byte_mutations(base, data, fix):
     index = data.draw(st.integers(0, len(base) - 1))

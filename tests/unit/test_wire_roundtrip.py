@@ -260,7 +260,7 @@ def option_sets(draw):
     return opts
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(src=good_source, dst=u32, sport=st.integers(1, 65535), dport=st.integers(1, 65535),
        seq=u32, ack=u32, flags=valid_flags, window=st.integers(0, 65535),
        payload=st.binary(max_size=1500), ident=st.integers(0, 65535), ttl=st.integers(0, 255),

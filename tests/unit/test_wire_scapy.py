@@ -97,7 +97,7 @@ def check_scapy_agrees(packet: bytes, *, src, dst, sport, dport, seq, ack, flags
     assert bytes(again) == packet
 
 
-@settings(max_examples=120, deadline=None)
+@settings(deadline=None)
 @given(src=good_source, dst=u32, sport=port, dport=port, seq=u32, ack=u32, flags=valid_flags,
        window=st.integers(0, 65535), payload=st.binary(max_size=300),
        ident=st.integers(0, 65535), ttl=st.integers(0, 255), option_set=usertcp_option_sets())
@@ -177,7 +177,7 @@ ip_options = st.lists(st.sampled_from(["nop", "ra"]), max_size=10).map(
     lambda names: [IPOption_NOP() if n == "nop" else IPOption_Router_Alert() for n in names])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(src=good_source, dst=u32, sport=port, dport=port, seq=u32, ack=u32, flags=valid_flags,
        window=st.integers(0, 65535), urgent=st.integers(0, 65535),
        payload=st.binary(max_size=300), ident=st.integers(0, 65535), ttl=st.integers(0, 255),
