@@ -290,6 +290,21 @@ class Scoreboard:
 
     # ---- acknowledgments -----------------------------------------------------------------
 
+    def _acked_to(self, head: int, ack: int) -> None:
+        """The live records now start at `head`: compact the list now and then, and forget
+        retransmitted ranges far below the cumulative ACK."""
+        segs = self._segs
+        if head == len(segs):
+            segs.clear()
+            head = 0
+        elif head >= COMPACT_AT and head * 2 >= len(segs):
+            del segs[:head]
+            head = 0
+        self._head = head
+        ranges = self._rtx_ranges
+        while ranges and RTX_HORIZON <= ((ack - ranges[0][1]) & MASK) < HALF:
+            ranges.popleft()
+
     def ack_clean(self, ack: int) -> Seg | None:
         """on_ack's fast path for a map with nothing SACKed, lost or resent and an ACK with no
         SACK blocks (a bulk transfer without loss): drop what `ack` covers and return the
@@ -314,16 +329,7 @@ class Scoreboard:
                 s.start = ack
             break
         self._una = self._lost_hint = ack
-        if head == n:
-            segs.clear()
-            head = 0
-        elif head >= COMPACT_AT and head * 2 >= n:
-            del segs[:head]
-            head = 0
-        self._head = head
-        ranges = self._rtx_ranges
-        while ranges and RTX_HORIZON <= ((ack - ranges[0][1]) & MASK) < HALF:
-            ranges.popleft()
+        self._acked_to(head, ack)
         return last
 
     def on_ack(self, ack: int, blocks: list[tuple[int, int]] | None, now: float) -> AckResult:
@@ -371,16 +377,7 @@ class Scoreboard:
             hs = self._high_sacked
             if hs is not None and ((ack - hs) & MASK) < HALF:
                 self._high_sacked = None
-            if head == n:
-                segs.clear()
-                head = 0
-            elif head >= COMPACT_AT and head * 2 >= n:
-                del segs[:head]
-                head = 0
-            self._head = head
-            ranges = self._rtx_ranges
-            while ranges and RTX_HORIZON <= ((ack - ranges[0][1]) & MASK) < HALF:
-                ranges.popleft()
+            self._acked_to(head, ack)
         if blocks:
             self._sack(ack, blocks, res)
         return res
