@@ -95,7 +95,7 @@ METRICS = [
     ("spRTO", "spurious_rto", ["TcpExtTCPSpuriousRTOs"]),
     ("recov", "sack_recoveries", ["TcpExtTCPSackRecovery", "TcpExtTCPSACKRecovery"]),
 ]
-USERTCP_EXTRA = ["fast_retransmits", "lost_retransmits", "dsack_received", "dup_acks"]
+USERTCP_EXTRA = ["fast_retransmits", "dsack_received", "dsack_sent", "dup_acks"]
 KERNEL_EXTRA = ["TcpExtTCPLossProbeRecovery", "TcpExtTCPDSACKRecv", "TcpExtTCPFullUndo",
                 "TcpExtTCPPartialUndo", "TcpExtTCPLostRetransmit", "TcpExtTCPSACKReorder",
                 "TcpExtTCPTSReorder", "TcpExtTCPFastRetrans", "TcpExtTCPSlowStartRetrans"]

@@ -18,11 +18,11 @@ know what arrived (RFC 8985 2).
 from __future__ import annotations
 
 from ..wire.tcp import ACK, FIN, PSH
+from .rack import pto
 from .seq import HALF, MASK
 from .timestamps import ts_value
 
 _TLP_MIN = 0.002  # the shortest probe timeout: Linux's TCP_TIMEOUT_MIN (2 jiffies)
-_WC_DEL_ACK = 0.2  # RFC 8985 7.2 WCDelAckT: the peer may hold a lone segment's ACK this long
 
 
 class Recovery:
@@ -320,8 +320,8 @@ class Recovery:
         if not flight or srtt is None or self.in_recovery or self.in_loss or self.tlp.active:
             self.tlp_at = None
             return
-        pto = 2 * srtt + _WC_DEL_ACK if flight <= self.snd_mss else 2 * srtt
-        at = now + (pto if pto > _TLP_MIN else _TLP_MIN)
+        timeout = pto(srtt, 1 if flight <= self.snd_mss else 2, self.rtt.rto)
+        at = now + (timeout if timeout > _TLP_MIN else _TLP_MIN)
         rto_at = self.rto_at
         self.tlp_at = at if rto_at is None or at < rto_at else rto_at
 
