@@ -403,7 +403,7 @@ class LossBench(bt.Runner):
             argv = [sys.executable, "-m", "usertcp", "echo", "--tun", TUN_NAME, "--address",
                     USERTCP_ADDR, "--host-address", USERTCP_HOST, "--mtu", str(a.mtu),
                     "--port", str(PORT), "--no-offload", "--log-level", "info",
-                    "--log-format", "json"]
+                    "--log-format", "json", *shlex.split(a.usertcp_args)]
             if case["reorder"]:
                 spec = {**a.reorder_fault, "seed": a.seed + i, "direction": "both"}
                 argv += ["--fault", ",".join(f"{k}={v}" for k, v in spec.items())]
@@ -609,6 +609,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--kernel-cc", default="cubic",
                    help="congestion control of the kernel sockets (default cubic)")
     p.add_argument("--only", choices=("usertcp", "kernel"), help="run one stack only")
+    p.add_argument("--usertcp-args", default="",
+                   help="more options for `usertcp echo`, e.g. '--congestion newreno'")
     p.add_argument("--usertcp-src", default=bt.REPO,
                    help="checkout whose usertcp runs (PYTHONPATH); default this repo")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -369,6 +369,15 @@ class EchoTransfer:
             self.errors.append(f"receive: {exc!r}")
 
     def wait(self, timeout: float = 60) -> dict:
+        # One more chunk goes through before the end: so "sent" grows past what was echoed when
+        # the caller last looked, even if the sender thread got no GIL meanwhile (the caller
+        # busy injecting packets) and the pipeline had drained.
+        mark = self.sent
+        deadline = time.monotonic() + timeout
+        while self.sent <= mark and not self.errors and time.monotonic() < deadline:
+            if not any(t.is_alive() for t in self._threads):
+                break
+            time.sleep(0.01)
         self.finish.set()
         for t in self._threads:
             t.join(timeout)
