@@ -108,7 +108,9 @@ class Scoreboard:
         self.retrans_out = 0        # bytes of retransmissions in flight
         self._lost_hint = self._una  # no Seg below it is lost without a retransmission in flight
         self._high_sacked: int | None = None
-        self._rtx_ranges: deque[list[int]] = deque(maxlen=RTX_MEMORY)
+        # Made at the first retransmission: an empty deque costs most of a kilobyte, and most
+        # connections never retransmit.
+        self._rtx_ranges: deque[list[int]] | None = None
         self._last_xmit = float("-inf")  # the latest send time given out (_stamp)
 
     # ---- queries -------------------------------------------------------------------------
@@ -151,7 +153,7 @@ class Scoreboard:
         self._una = self._end = self._lost_hint = una & MASK
         self.sacked_out = self.lost_out = self.retrans_out = 0
         self._high_sacked = None
-        self._rtx_ranges.clear()
+        self._rtx_ranges = None
 
     # ---- sending -------------------------------------------------------------------------
 
@@ -223,6 +225,8 @@ class Scoreboard:
 
     def _remember_rtx(self, start: int, end: int) -> None:
         ranges = self._rtx_ranges
+        if ranges is None:
+            ranges = self._rtx_ranges = deque(maxlen=RTX_MEMORY)
         if ranges and ranges[-1][1] == start:
             ranges[-1][1] = end  # recovery resends holes in order: coalesce
         else:
@@ -477,7 +481,7 @@ class Scoreboard:
             k += 1
 
     def _was_retransmitted(self, left: int, right: int) -> bool:
-        for a, b in self._rtx_ranges:
+        for a, b in self._rtx_ranges or ():
             # [left, right) overlaps [a, b): left < b and a < right
             if 0 < ((b - left) & MASK) < HALF and 0 < ((right - a) & MASK) < HALF:
                 return True
