@@ -14,17 +14,10 @@ from __future__ import annotations
 from ..wire.tcp import ACK, FIN, RST, SYN, URG, Segment
 from . import events as ev
 from .seq import HALF, MASK
-from .state import State
+from .state import CLOSING, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK, SYN_RECEIVED, SYN_SENT
 from .timestamps import PAWS_IDLE, PAWS_WINDOW
 from .transitions import ON_FIN, ON_FIN_ACKED, ON_FIN_OURS_ACKED
 
-ESTABLISHED = State.ESTABLISHED
-SYN_SENT = State.SYN_SENT
-SYN_RECEIVED = State.SYN_RECEIVED
-FIN_WAIT_1 = State.FIN_WAIT_1
-FIN_WAIT_2 = State.FIN_WAIT_2
-CLOSING = State.CLOSING
-LAST_ACK = State.LAST_ACK
 _PREDICTED = ACK | SYN | FIN | RST | URG  # of these, header prediction wants ACK alone
 _OOW_ACK_INTERVAL = 0.5  # Linux net.ipv4.tcp_invalid_ratelimit: see _oow_ack
 _SACK_RECENT = 4  # out-of-order arrivals remembered to order the SACK blocks we send

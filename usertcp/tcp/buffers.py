@@ -9,10 +9,7 @@ sequence number of its first byte) and `rcvbuf` up to RCV.NXT; out-of-order data
 from __future__ import annotations
 
 from .seq import HALF, MASK
-from .state import CAN_RECEIVE, State
-
-SYN_SENT = State.SYN_SENT
-SYN_RECEIVED = State.SYN_RECEIVED
+from .state import CAN_RECEIVE, SYN_RECEIVED, SYN_SENT
 
 
 class Buffers:

@@ -35,7 +35,7 @@ from .recovery import Recovery
 from .rtt import RttEstimator, RttSampling
 from .scoreboard import Scoreboard
 from .seq import MASK
-from .state import State
+from .state import CLOSED, FIN_WAIT_2, SYN_RECEIVED, SYN_SENT, TIME_WAIT, State
 from .timers import Timers
 from .timestamps import TS_LEN
 from .transitions import ON_CLOSE
@@ -44,12 +44,6 @@ if TYPE_CHECKING:
     from .host import Host
 
 _DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1, when the SYN carries no MSS option
-
-SYN_SENT = State.SYN_SENT
-SYN_RECEIVED = State.SYN_RECEIVED
-FIN_WAIT_2 = State.FIN_WAIT_2
-TIME_WAIT = State.TIME_WAIT
-CLOSED = State.CLOSED
 
 
 class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):

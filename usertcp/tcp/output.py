@@ -8,12 +8,8 @@ import struct
 
 from ..wire.tcp import ACK, FIN, PSH, RST, SYN, Segment, build_options, build_segment
 from .seq import HALF, MASK
-from .state import State
+from .state import CLOSED, SYN_RECEIVED, SYN_SENT
 from .timestamps import ts_option, ts_value
-
-SYN_SENT = State.SYN_SENT
-SYN_RECEIVED = State.SYN_RECEIVED
-CLOSED = State.CLOSED
 
 
 class Output:

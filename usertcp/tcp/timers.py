@@ -9,14 +9,7 @@ from __future__ import annotations
 from ..wire.tcp import ACK, RST
 from . import events as ev
 from .seq import MASK
-from .state import State
-
-ESTABLISHED = State.ESTABLISHED
-SYN_SENT = State.SYN_SENT
-SYN_RECEIVED = State.SYN_RECEIVED
-FIN_WAIT_2 = State.FIN_WAIT_2
-CLOSE_WAIT = State.CLOSE_WAIT
-CLOSED = State.CLOSED
+from .state import CLOSED, CLOSE_WAIT, ESTABLISHED, FIN_WAIT_2, SYN_RECEIVED, SYN_SENT
 
 
 class Timers:
