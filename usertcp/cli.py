@@ -8,6 +8,8 @@ import secrets
 import signal
 import sys
 
+import structlog
+
 from . import log
 from .phy.errors import DeviceError
 from .tcp import congestion
@@ -73,16 +75,18 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _common(parser: argparse.ArgumentParser, port: int | None) -> None:
-    parser.add_argument("--tun", default="utcp0", help="TUN device name (default utcp0)")
-    parser.add_argument("--address", default="10.7.0.2", help="the stack's IPv4 address")
-    parser.add_argument("--host-address", default="10.7.0.1/24",
-                        help="kernel side address/prefix of the TUN (default 10.7.0.1/24)")
+def _common(parser: argparse.ArgumentParser, port: int | None, *, device: bool = True,
+            mtu: int = 1500, log_level: str = "info") -> None:
+    if device:
+        parser.add_argument("--tun", default="utcp0", help="TUN device name (default utcp0)")
+        parser.add_argument("--address", default="10.7.0.2", help="the stack's IPv4 address")
+        parser.add_argument("--host-address", default="10.7.0.1/24",
+                            help="kernel side address/prefix of the TUN (default 10.7.0.1/24)")
     if port is not None:
         parser.add_argument("--port", type=int, default=port, help=f"port (default {port})")
     parser.add_argument("--msl", type=float, default=30.0,
                         help="maximum segment lifetime in seconds; TIME-WAIT is 2*MSL")
-    parser.add_argument("--mtu", type=int, default=1500)
+    parser.add_argument("--mtu", type=int, default=mtu, help=f"MTU of the TUN (default {mtu})")
     parser.add_argument("--pcap", help="write every packet to this pcap file")
     parser.add_argument("--fault", metavar="SPEC",
                         help="inject seeded faults, e.g. seed=7,loss=0.05,duplicate=0.01,"
@@ -103,7 +107,8 @@ def _common(parser: argparse.ArgumentParser, port: int | None) -> None:
     parser.add_argument("--user-timeout", metavar="SECONDS", type=_positive_seconds,
                         help="TCP_USER_TIMEOUT: give up on a connection whose data stays "
                              "unacknowledged (or probes unanswered) this long")
-    parser.add_argument("--log-level", default="info", choices=log.LEVELS)
+    parser.add_argument("--log-level", default=log_level, choices=log.LEVELS,
+                        help=f"default {log_level}")
     parser.add_argument("--log-format", default="console", choices=("console", "json"))
 
 
@@ -121,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("host")
     connect.add_argument("port", type=int)
     _common(connect, None)
+    run = sub.add_parser(
+        "run", help="run COMMAND with every connection it makes carried by usertcp",
+        usage="usertcp run [options] -- COMMAND [ARGS...]",
+        description="Start COMMAND in a network namespace of its own (10.0.2.100/24, gateway "
+                    "10.0.2.2 = this host's 127.0.0.1, DNS 10.0.2.3 = this host's resolver) "
+                    "whose every TCP connection, UDP flow and ping usertcp terminates and relays "
+                    "through ordinary sockets here. Exits with COMMAND's status. Works as root, "
+                    "or rootless where user namespaces and /dev/net/tun allow.")
+    _common(run, None, device=False, mtu=65520, log_level="warning")
+    run.add_argument("--publish", "-p", action="append", default=[],
+                     metavar="[ADDR:]HOST_PORT:PORT",
+                     help="listen on HOST_PORT here and relay to the program's PORT (repeatable)")
+    run.add_argument("program", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]")
     demo = sub.add_parser("demo", help="watch a connection's life, packet by packet")
     demo.add_argument("--msl", type=float, default=2.0,
                       help="MSL for the demo (default 2 s, so TIME-WAIT is 4 s)")
@@ -141,6 +159,10 @@ def _config(args) -> TcpConfig:
     extra["sack"] = getattr(args, "sack", True)
     extra["timestamps"] = getattr(args, "timestamps", True)
     extra["congestion"] = getattr(args, "congestion", "cubic")
+    if args.command == "run":
+        from .run.command import RUN_BUFFER
+
+        extra.update(send_buffer=RUN_BUFFER, receive_buffer=RUN_BUFFER)
     return TcpConfig(msl=args.msl, mss=min(65495, max(88, args.mtu - 40)), **extra)
 
 
@@ -215,6 +237,28 @@ async def _connect(args) -> int:
         return await run_connect(stack, args.host, args.port)
 
 
+async def _run(args) -> int:
+    from .run.command import RunOptions, parse_publish, run
+
+    command = list(args.program)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise ValueError("run: no command given; usage: usertcp run [options] -- COMMAND [ARGS...]")
+    opts = RunOptions(command=command, mtu=args.mtu, offload=args.offload, config=_config(args),
+                      pcap=args.pcap, fault=_fault(args),
+                      publish=tuple(parse_publish(p) for p in args.publish))
+    logger = structlog.get_logger("usertcp").bind(part="run")
+    return await run(opts, logger, _run_status)
+
+
+def _run_status(stack, relay, datagrams) -> None:
+    """SIGUSR1 under `usertcp run`: the table, and the relays' counters."""
+    stack.log.info("relay", tcp=dict(relay.counters), datagrams=dict(datagrams.counters),
+                   flows=datagrams.flows())
+    _status(stack)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
@@ -223,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(args)
     log.configure(args.log_level, args.log_format)
     try:
+        if args.command == "run":
+            return asyncio.run(_run(args))
         if args.command == "connect":
             return asyncio.run(_connect(args))
         if args.command == "echo":

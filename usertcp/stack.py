@@ -3,12 +3,18 @@
 Packets in (`receive`), packets out (`packets_to_send`), time passed in, timers
 run by the caller (`next_deadline`, `handle_timers`), and events out
 (`next_event`). No I/O, no clock, no tasks: see ARCHITECTURE.md.
+
+With `listen_any` it is also every other address routed to it: connections to
+any address and port are accepted (or first asked about: `admit` / `refuse`),
+keyed by the full 4-tuple, and answered as the address the peer dialled; with
+`forward_datagrams` UDP and pings of other addresses become events too.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import struct
 from collections import Counter, deque
 
 from .tcp import events as ev
@@ -16,7 +22,7 @@ from .tcp.config import TcpConfig
 from .tcp import congestion
 from .tcp.connection import Connection
 from .tcp.errors import (ConnectionNotWritable, NoFreePort, PortInUse, TooManyConnections,
-                         UnknownConnection)
+                         UnknownConnection, UnknownRequest)
 from .tcp.isn import initial_sequence_number
 from .tcp.listener import Listener
 from .tcp.seq import MASK
@@ -24,14 +30,19 @@ from .tcp.state import CAN_SEND, State
 from .tcp.syncookie import SLOT_SECONDS, check_cookie, make_cookie
 from .tcp.timewait import TimeWait
 from .wire.errors import DropReason, MalformedPacket
+from .wire import icmp
 from .wire.icmp import echo_reply_for
-from .wire.ipv4 import PROTO_ICMP, addr_to_int, int_to_addr
+from .wire.ipv4 import PROTO_ICMP, PROTO_UDP, addr_to_int, build_ipv4, int_to_addr
 from .wire.packet import parse_packet
 from .wire.tcp import ACK, FIN, RST, SYN, Segment, build_options, build_segment
 
 __all__ = ["Stack", "TcpConfig", "State"]
 
 _CLOSED = State.CLOSED  # a module global: attribute lookups on the Enum class are slow
+
+# refuse(reply=...): how a connection request is turned down, as a kernel router would.
+REFUSALS = {"reset": None, "net-unreachable": 0, "host-unreachable": 1, "port-unreachable": 3,
+            "admin-prohibited": 13, "none": None}
 
 
 class Stack:
@@ -44,9 +55,15 @@ class Stack:
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()  # by DropReason value
         self._events: deque = deque()
-        self._conns: dict[tuple[int, int, int], Connection | TimeWait] = {}
+        # (remote, rport, local, lport) -> connection or TIME-WAIT entry
+        self._conns: dict[tuple[int, int, int, int], Connection | TimeWait] = {}
         self._by_id: dict[int, Connection | TimeWait] = {}
         self._listeners: dict[int, Listener] = {}
+        self._any: Listener | None = None  # listen_any: every address, every port
+        self._any_defer = False  # ask (ConnectionRequested) before answering a SYN
+        self._requests: dict[int, tuple[Segment, Listener]] = {}  # id -> SYN awaiting admit
+        self._requested: dict[tuple[int, int, int, int], int] = {}  # 4-tuple -> request id
+        self.forwarding = False  # forward_datagrams: UDP and foreign pings become events
         self._timers: list = []  # heap of (deadline, tiebreak, connection or TIME-WAIT entry)
         self._tiebreak = itertools.count()
         self._ids = itertools.count(1)
@@ -70,18 +87,22 @@ class Stack:
         except MalformedPacket as exc:
             self.drops[exc.reason.value] += 1
             return
-        if seg.dst != self.address:
+        if seg.dst != self.address and self._any is None:
             self.drops[DropReason.NOT_FOR_US.value] += 1
             return
         if type(seg) is not Segment:
-            self._receive_other(packet, seg)
+            self._receive_other(packet, seg, checksum_verified)
             return
-        conn = self._conns.get((seg.src, seg.sport, seg.dport))
+        conn = self._conns.get((seg.src, seg.sport, seg.dst, seg.dport))
         if conn is None:
-            listener = self._listeners.get(seg.dport)
+            listener = self._listeners.get(seg.dport) if seg.dst == self.address else None
+            if listener is None:
+                listener = self._any
             if listener is None:
                 self.counters["rx_closed_port"] += 1
                 self.send_reset_for(seg, now)
+            elif self._any_defer and listener is self._any:
+                self._on_request(listener, seg, now)
             else:
                 self._on_listen(listener, seg, now)
             return
@@ -99,13 +120,26 @@ class Stack:
         if conn.state is not _CLOSED:
             self._arm(conn)
 
-    def _receive_other(self, packet, ip) -> None:
-        if ip.protocol != PROTO_ICMP:
-            self.drops[DropReason.UNSUPPORTED_PROTOCOL.value] += 1
-            return
+    def _receive_other(self, packet, ip, checksum_verified: bool) -> None:
+        from .wire import udp  # noqa: PLC0415 (UDP is off the TCP path)
+
         try:
-            self.out.append(echo_reply_for(packet, ip))
-            self.counters["icmp_echo_replies"] += 1
+            if ip.protocol == PROTO_ICMP:
+                if self.forwarding and ip.dst != self.address:
+                    ident, seq, data = icmp.parse_echo_request(packet, ip)
+                    self.counters["icmp_echo_forwarded"] += 1
+                    self._events.append(ev.EchoRequested(
+                        0, int_to_addr(ip.src), int_to_addr(ip.dst), ident, seq, bytes(data)))
+                    return
+                self.out.append(echo_reply_for(packet, ip))
+                self.counters["icmp_echo_replies"] += 1
+            elif ip.protocol == PROTO_UDP and self.forwarding:
+                sport, dport, data = udp.parse_udp(packet, ip, not checksum_verified)
+                self.counters["udp_forwarded"] += 1
+                self._events.append(ev.DatagramReceived(
+                    0, (int_to_addr(ip.src), sport), (int_to_addr(ip.dst), dport), bytes(data)))
+            else:
+                self.drops[DropReason.UNSUPPORTED_PROTOCOL.value] += 1
         except MalformedPacket as exc:
             self.drops[exc.reason.value] += 1
 
@@ -148,41 +182,178 @@ class Stack:
         """Stop accepting on `port`; established connections are not touched."""
         self._listeners.pop(port, None)
 
+    def listen_any(self, backlog: int | None = None, *, defer: bool = False,
+                   max_connections: int | None = None) -> None:
+        """Accept connections to every address and port routed to this stack.
+
+        A port that `listen` names on the stack's own address still goes to its own
+        listener. Each connection answers as the address the peer dialled. With
+        `defer`, a SYN is not answered at once: ConnectionRequested asks the
+        application, which calls `admit` (the handshake goes on) or `refuse` (a reset,
+        an ICMP unreachable, or silence), e.g. after trying the real destination.
+        Retransmitted SYNs of a request are absorbed meanwhile.
+        """
+        if self._any is not None:
+            raise PortInUse("the stack already listens on every address")
+        if max_connections is not None and max_connections < 1:
+            raise ValueError("max_connections must be >= 1 (or None)")
+        cfg = self.config
+        self._any = Listener(0, backlog if backlog is not None else cfg.backlog,
+                             cfg.syn_backlog, max_connections)
+        self._any_defer = defer
+
+    def unlisten_any(self) -> None:
+        """Stop accepting for other addresses; requests not yet answered are dropped."""
+        self._any = None
+        self._any_defer = False
+        self._requests.clear()
+        self._requested.clear()
+
+    def _on_request(self, listener: Listener, seg: Segment, now: float) -> None:
+        flags = seg.flags
+        if flags & RST:
+            return
+        key = (seg.src, seg.sport, seg.dst, seg.dport)
+        if not flags & SYN or flags & ACK:
+            if flags & ACK:
+                self.send_reset_for(seg, now)
+            return
+        if key in self._requested:
+            self.counters["syn_while_requested"] += 1  # the peer retransmits; we still ask
+            return
+        if (not listener.has_room() or self._live >= self.config.max_connections
+                or listener.half_open >= listener.syn_backlog):
+            self.counters["listen_overflow"] += 1
+            return
+        listener.half_open += 1
+        rid = next(self._ids)
+        if seg.payload:
+            seg.payload = b""  # SYN data is not kept (no Fast Open); it is sent again
+        self._requests[rid] = (seg, listener)
+        self._requested[key] = rid
+        self.counters["connections_requested"] += 1
+        self._events.append(ev.ConnectionRequested(
+            rid, (int_to_addr(seg.dst), seg.dport), (int_to_addr(seg.src), seg.sport)))
+
+    def admit(self, request_id: int, now: float) -> int:
+        """Answer a ConnectionRequested SYN: the handshake goes on, as a connection of the
+        same id (ConnectionAccepted follows when the peer's ACK arrives)."""
+        seg, listener = self._take_request(request_id)
+        if self._live >= self.config.max_connections or (
+                seg.src, seg.sport, seg.dst, seg.dport) in self._conns:
+            listener.half_open -= 1
+            self.counters["listen_overflow"] += 1
+            self.send_reset_for(seg, now)
+            return request_id
+        conn = self._new_connection(seg.dport, seg.src, seg.sport, now, listener,
+                                    local=seg.dst, conn_id=request_id)
+        conn.open_passive(seg, now)
+        self._arm(conn)
+        return conn.id
+
+    def refuse(self, request_id: int, now: float, reply: str = "reset") -> None:
+        """Turn a ConnectionRequested SYN down: `reply` is "reset" (the peer sees ECONNREFUSED),
+        "net-unreachable", "host-unreachable", "port-unreachable" or "admin-prohibited" (an
+        ICMP destination unreachable from the address dialled), or "none" (the peer's SYN
+        retries run out, as for a host that does not answer)."""
+        if reply not in REFUSALS:
+            raise ValueError(f"unknown reply {reply!r}; choose one of {', '.join(REFUSALS)}")
+        seg, listener = self._take_request(request_id)
+        listener.half_open -= 1
+        self.counters[f"requests_refused_{reply}"] += 1
+        if reply == "reset":
+            self.send_reset_for(seg, now)
+        elif reply != "none":
+            # What the peer's kernel matches the error to: its IP header and the TCP ports
+            # and sequence number.
+            quote = build_ipv4(seg.src, seg.dst, 6, struct.pack("!HHI", seg.sport, seg.dport,
+                                                                seg.seq), ttl=64)
+            self.out.append(icmp.build_unreachable(seg.dst, quote, REFUSALS[reply]))
+
+    def _take_request(self, request_id: int) -> tuple[Segment, Listener]:
+        entry = self._requests.pop(request_id, None)
+        if entry is None:
+            raise UnknownRequest(request_id)
+        seg = entry[0]
+        self._requested.pop((seg.src, seg.sport, seg.dst, seg.dport), None)
+        return entry
+
+    def requests_pending(self) -> int:
+        return len(self._requests)
+
+    # ------------------------------------------------------------ datagrams (forwarding)
+
+    def forward_datagrams(self, enabled: bool = True) -> None:
+        """Report UDP (DatagramReceived) and pings of addresses other than the stack's own
+        (EchoRequested) as events, for a relay; the stack's own address still answers pings.
+        Needs listen_any for packets to other addresses to be taken at all."""
+        self.forwarding = enabled
+
+    def send_datagram(self, data, src: tuple[str, int], dst: tuple[str, int]) -> None:
+        """A UDP datagram from src (any address: e.g. the one the peer sent to) to dst."""
+        from .wire import udp  # noqa: PLC0415
+
+        self.out.append(udp.build_udp(addr_to_int(src[0]), addr_to_int(dst[0]), src[1], dst[1],
+                                      data, ttl=self.config.ttl))
+
+    def send_echo_reply(self, src: str, dst: str, ident: int, seq: int, data) -> None:
+        self.out.append(icmp.build_echo_reply(addr_to_int(src), addr_to_int(dst), ident, seq,
+                                              data))
+
+    def send_unreachable(self, src: tuple[str, int], dst: tuple[str, int], code: int,
+                         protocol: int = PROTO_UDP) -> None:
+        """An ICMP destination unreachable about a datagram the peer sent from `src` to `dst`
+        (sent by `dst`'s address), e.g. port unreachable (3) for a UDP flow refused beyond."""
+        sa, da = addr_to_int(src[0]), addr_to_int(dst[0])
+        head = struct.pack("!HHHH", src[1], dst[1], 8, 0)
+        packet = icmp.build_unreachable(da, build_ipv4(sa, da, protocol, head), code)
+        if packet is not None:
+            self.out.append(packet)
+
     def connect(self, remote_address, remote_port: int, now: float,
-                local_port: int | None = None) -> int:
-        """Active open. Raises TooManyConnections at TcpConfig.max_connections."""
+                local_port: int | None = None, local_address=None) -> int:
+        """Active open. Raises TooManyConnections at TcpConfig.max_connections.
+
+        `local_address` (default: the stack's) may be any address for a stack that
+        listens on every address (listen_any): the peer must route it back here.
+        """
         remote = addr_to_int(remote_address)
+        local = self.address if local_address is None else addr_to_int(local_address)
         if not 0 < remote_port < 65536:
             raise ValueError(f"port {remote_port} out of range 1..65535")
         if self._live >= self.config.max_connections:
             raise TooManyConnections(f"{self._live} connections: TcpConfig.max_connections is "
                                      f"{self.config.max_connections}")
         if local_port is None:
-            local_port = self._ephemeral_port(remote, remote_port)
-        elif (remote, remote_port, local_port) in self._conns:
-            raise PortInUse(f"{self.address_str}:{local_port} -> "
+            local_port = self._ephemeral_port(remote, remote_port, local)
+        elif (remote, remote_port, local, local_port) in self._conns:
+            raise PortInUse(f"{int_to_addr(local)}:{local_port} -> "
                             f"{int_to_addr(remote)}:{remote_port} is in use")
-        conn = self._new_connection(local_port, remote, remote_port, now)
+        conn = self._new_connection(local_port, remote, remote_port, now, local=local)
         conn.open_active(now)
         self._arm(conn)
         return conn.id
 
-    def _ephemeral_port(self, remote: int, rport: int) -> int:
+    def _ephemeral_port(self, remote: int, rport: int, local: int) -> int:
         lo, hi = self.config.ephemeral_ports
         span = hi - lo + 1
         for _ in range(span):
             port = self._next_port
             self._next_port = lo + (port - lo + 1) % span
-            if (remote, rport, port) not in self._conns and port not in self._listeners:
+            if (remote, rport, local, port) not in self._conns and port not in self._listeners:
                 return port
         raise NoFreePort(f"no free local port for {int_to_addr(remote)}:{rport}")
 
     def _new_connection(self, lport: int, remote: int, rport: int, now: float,
-                        listener: Listener | None = None, iss: int | None = None) -> Connection:
+                        listener: Listener | None = None, iss: int | None = None,
+                        local: int | None = None, conn_id: int | None = None) -> Connection:
+        if local is None:
+            local = self.address
         if iss is None:
-            iss = initial_sequence_number(self.config.isn_secret, self.address, lport, remote,
+            iss = initial_sequence_number(self.config.isn_secret, local, lport, remote,
                                           rport, now)
-        conn = Connection(self, next(self._ids), lport, remote, rport, iss, now, listener)
+        conn = Connection(self, next(self._ids) if conn_id is None else conn_id, lport, remote,
+                          rport, iss, now, listener, local)
         self._conns[conn.key] = conn
         self._by_id[conn.id] = conn
         self._live += 1
@@ -222,19 +393,19 @@ class Stack:
                 self.counters["listen_overflow"] += 1
             return
         listener.half_open += 1
-        conn = self._new_connection(seg.dport, seg.src, seg.sport, now, listener)
+        conn = self._new_connection(seg.dport, seg.src, seg.sport, now, listener, local=seg.dst)
         conn.open_passive(seg, now)
         self._arm(conn)
 
     def _send_cookie(self, listener: Listener, syn: Segment, now: float) -> None:
         """A SYN-ACK whose ISN is a cookie (tcp/syncookie.py): MSS only, no other option."""
         cfg = self.config
-        cookie = make_cookie(cfg.isn_secret, self.address, syn.dport, syn.src, syn.sport,
+        cookie = make_cookie(cfg.isn_secret, syn.dst, syn.dport, syn.src, syn.sport,
                              syn.seq, syn.mss, now)
         listener.cookie_sent_at = now
         self.counters["syn_cookies_sent"] += 1
         self.out.append(build_segment(
-            self.address, syn.src, syn.dport, syn.sport, cookie, (syn.seq + 1) & MASK,
+            syn.dst, syn.src, syn.dport, syn.sport, cookie, (syn.seq + 1) & MASK,
             SYN | ACK, min(cfg.receive_buffer, 65535), build_options(mss=cfg.mss), ttl=cfg.ttl,
             csum_offload=cfg.tx_checksum_offload))
 
@@ -246,7 +417,7 @@ class Stack:
         """
         cfg = self.config
         peer_isn = (seg.seq - 1) & MASK
-        mss = check_cookie(cfg.isn_secret, self.address, seg.dport, seg.src, seg.sport, peer_isn,
+        mss = check_cookie(cfg.isn_secret, seg.dst, seg.dport, seg.src, seg.sport, peer_isn,
                            (seg.ack - 1) & MASK, now)
         if mss is None:
             self.counters["syn_cookies_rejected"] += 1
@@ -259,7 +430,7 @@ class Stack:
         self.counters["syn_cookies_accepted"] += 1
         listener.half_open += 1  # accepted() takes it back as the connection is established
         conn = self._new_connection(seg.dport, seg.src, seg.sport, now, listener,
-                                    iss=(seg.ack - 1) & MASK)
+                                    iss=(seg.ack - 1) & MASK, local=seg.dst)
         conn.last_rx = now
         conn.open_cookie(seg, mss, now)
         if conn.state is not _CLOSED:
@@ -269,7 +440,8 @@ class Stack:
     def _may_reuse(self, tw: TimeWait, seg: Segment) -> bool:
         # RFC 6191: by timestamps when both incarnations have them, else a SYN beyond the
         # old connection's sequence space (TimeWait.may_reuse).
-        return seg.dport in self._listeners and tw.may_reuse(seg, self.config.timestamps)
+        listening = (seg.dport in self._listeners and seg.dst == self.address) or self._any
+        return bool(listening) and tw.may_reuse(seg, self.config.timestamps)
 
     # ------------------------------------------------------------ application calls
 
@@ -422,12 +594,17 @@ class Stack:
         conn = self._by_id.get(conn_id)
         return State.CLOSED if conn is None else conn.state
 
+    def endpoints(self, conn_id: int) -> tuple[tuple[str, int], tuple[str, int]]:
+        """(local, remote) of a connection: addresses and ports."""
+        conn = self._get(conn_id)
+        return (int_to_addr(conn.local), conn.lport), (int_to_addr(conn.remote), conn.rport)
+
     def connections(self, now: float = 0.0) -> list[dict]:
         """A snapshot for tools: 4-tuple, state, queues, timers, RTT."""
         rows = []
         for conn in self._by_id.values():
             row = conn.info(now)
-            row["local"] = (self.address_str, conn.lport)
+            row["local"] = (int_to_addr(conn.key[2]), conn.lport)
             row["remote"] = (int_to_addr(conn.remote), conn.rport)
             rows.append(row)
         for port, listener in self._listeners.items():
@@ -436,6 +613,13 @@ class Stack:
                          "half_open": listener.half_open, "accept_queue": listener.accept_queue,
                          "backlog": listener.backlog, "connections": listener.connections,
                          "max_connections": listener.max_connections})
+        if self._any is not None:
+            any_ = self._any
+            rows.append({"conn_id": None, "state": str(State.LISTEN), "local": ("*", 0),
+                         "remote": ("0.0.0.0", 0), "half_open": any_.half_open,
+                         "accept_queue": any_.accept_queue, "backlog": any_.backlog,
+                         "connections": any_.connections, "requests": len(self._requests),
+                         "max_connections": any_.max_connections})
         return rows
 
     # ------------------------------------------------------------ for connections (Host)
@@ -448,7 +632,7 @@ class Stack:
 
     def state_changed(self, conn, old: State, new: State, cause: str, now: float) -> None:
         self._events.append(ev.StateChanged(
-            conn.id, old, new, cause, (self.address_str, conn.lport),
+            conn.id, old, new, cause, (int_to_addr(conn.key[2]), conn.lport),
             (int_to_addr(conn.remote), conn.rport), conn.snd_nxt, conn.rcv_nxt, now))
 
     def challenge_ack_allowed(self, now: float) -> bool:
@@ -477,7 +661,7 @@ class Stack:
             rflags = RST | ACK
         self.counters["resets_sent"] += 1
         cfg = self.config
-        self.out.append(build_segment(self.address, seg.src, seg.dport, seg.sport, seq, ack,
+        self.out.append(build_segment(seg.dst, seg.src, seg.dport, seg.sport, seq, ack,
                                       rflags, 0, ttl=cfg.ttl,
                                       csum_offload=cfg.tx_checksum_offload))
 
@@ -488,7 +672,8 @@ class Stack:
         conn.accepted = True
         self._awaiting_accept[conn.id] = conn
         self._events.append(ev.ConnectionAccepted(conn.id, conn.lport,
-                                                  (int_to_addr(conn.remote), conn.rport)))
+                                                  (int_to_addr(conn.remote), conn.rport),
+                                                  int_to_addr(conn.local), listener.port))
 
     def enter_time_wait(self, conn: Connection, cause: str, now: float) -> None:
         if conn.ack_now or conn.unacked_segments:

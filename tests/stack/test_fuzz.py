@@ -561,7 +561,8 @@ class World:
         """The other stack's end of a connection between A and B, if it has one."""
         if conn is None or conn.remote != self.addrs[1 - side]:
             return None
-        return self.stacks[1 - side]._conns.get((self.addrs[side], conn.lport, conn.rport))
+        return self.stacks[1 - side]._conns.get(
+            (self.addrs[side], conn.lport, self.addrs[1 - side], conn.rport))
 
     def app_call(self, side: int, pick: int, what: int) -> None:
         """shutdown, close, abort, set_nodelay, set_keepalive or set_user_timeout; or
@@ -641,7 +642,7 @@ class World:
         try:
             cid = stack.connect(remote, port, self.now, local_port=local)
         except PortInUse:
-            assert local is not None and (remote, port, local) in stack._conns
+            assert local is not None and (remote, port, stack.address, local) in stack._conns
         except TooManyConnections:
             assert stack.connection_count() >= stack.config.max_connections
         else:

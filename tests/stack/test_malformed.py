@@ -228,9 +228,50 @@ CASES: list[tuple[str, Callable[[Live], bytes], R]] = [
 ]
 
 
+def _udp_body(live: Live, length: int | None = None, data: bytes = b"hello, world") -> bytes:
+    length = 8 + len(data) if length is None else length
+    return struct.pack("!HHHH", live.sport, 53, length, 0) + data
+
+
+# Checked only by a stack that forwards datagrams (usertcp run's): without, UDP is unsupported.
+UDP_CASES: list[tuple[str, Callable[[Live], bytes], R]] = [
+    ("udp-truncated", lambda l: ip_packet(17, _udp_body(l)[:6]), R.UDP_TRUNCATED),
+    ("udp-length-short", lambda l: fix_tcp(ip_packet(17, _udp_body(l, length=7)), proto=17),
+     R.BAD_UDP_LENGTH),
+    ("udp-length-past-packet", lambda l: fix_tcp(ip_packet(17, _udp_body(l, length=40)),
+                                                 proto=17), R.BAD_UDP_LENGTH),
+    ("udp-bad-checksum", lambda l: _bad_udp_csum(fix_tcp(ip_packet(17, _udp_body(l)), proto=17)),
+     R.BAD_UDP_CHECKSUM),
+    ("udp-port-0", lambda l: fix_tcp(ip_packet(17, _udp_body(l)[:2] + b"\0\0"
+                                               + _udp_body(l)[4:]), proto=17), R.BAD_PORT),
+]
+
+
+def _bad_udp_csum(pkt: bytearray) -> bytearray:
+    return set_u16(pkt, 26, int.from_bytes(pkt[26:28], "big") ^ 0x0101)
+
+
 def test_table_names_every_drop_reason():
-    assert len({name for name, _, _ in CASES}) == len(CASES)
-    assert {reason for _, _, reason in CASES} == set(R)
+    every = CASES + UDP_CASES
+    assert len({name for name, _, _ in every}) == len(every)
+    assert {reason for _, _, reason in every} == set(R)
+
+
+@pytest.mark.parametrize("name,build,reason", UDP_CASES, ids=[c[0] for c in UDP_CASES])
+def test_malformed_udp_is_dropped_and_counted_when_forwarding(name, build, reason):
+    link, t, live = mid_transfer()
+    b = link.b
+    b.forward_datagrams()
+    link.flush()
+    b.receive(bytes(build(live)), link.now)
+    assert b.packets_to_send(link.now) == []
+    assert b.drops[reason.value] == 1, dict(b.drops)
+    assert b.counters["udp_forwarded"] == 0
+    # A good datagram still goes through, and the transfer finishes intact.
+    b.receive(bytes(fix_tcp(ip_packet(17, _udp_body(live)), proto=17)), link.now)
+    assert b.counters["udp_forwarded"] == 1
+    t.run(max_time=600)
+    t.check()
 
 
 # ---------------------------------------------------------------------------- the transfer

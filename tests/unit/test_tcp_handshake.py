@@ -49,7 +49,7 @@ def test_passive_open_ladder(isn):
     expect(stack, 1.5)  # nothing to say to a bare ACK
     evs = events(stack)
     assert names(evs) == ["SYN-RECEIVED->ESTABLISHED", "ConnectionAccepted"]
-    assert evs[1] == ConnectionAccepted(cid, 80, ("10.0.0.2", 40000))
+    assert evs[1] == ConnectionAccepted(cid, 80, ("10.0.0.2", 40000), "10.0.0.1", 80)
     assert evs[0].time == 1.5
     assert stack.state(cid) is State.ESTABLISHED
     stack.handle_timers(2.0)  # the SYN-ACK's old RTO deadline: nothing happens

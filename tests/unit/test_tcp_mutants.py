@@ -401,6 +401,23 @@ def test_segmentation_offload_sends_the_tail_in_one_super_segment(isn):
     expect(stack, 1.0, S("P.", seq=D, len=5000, data=DATA[:5000]))
 
 
+def test_offload_with_an_mss_above_the_largest_super_segment_sends_mss_segments(isn):
+    """MTU 65520 (usertcp run's): the MSS (65480) exceeds what one offloaded segment may carry
+    (65455), so segments are one MSS each; no zero-length segment, no endless loop."""
+    stack = make_stack(mss=65480, tso_max=65535 - 80)
+    stack.listen(80)
+    stack, _peer, cid = open_passive(isn, stack=stack, mss=65480, window=65535, wscale=7)
+    events(stack)
+    conn = stack._by_id[cid]
+    conn.cwnd = 1 << 20
+    stack.set_nodelay(cid, True)  # the short tail goes at once, not after Nagle's wait
+    big = bytes(range(256)) * 600  # 153,600 bytes
+    stack.send(cid, big, 1.0)
+    out = expect(stack, 1.0, S(".", seq=D, len=65480), S(".", seq=D + 65480, len=65480),
+                 S("P.", seq=D + 2 * 65480, len=len(big) - 2 * 65480))
+    assert b"".join(bytes(seg.payload) for seg in out) == big
+
+
 def test_tail_loss_probe_resends_a_short_last_segment_as_it_was(isn):
     """RFC 8985 7.3: the probe is the last segment again; a lone one of 500 bytes goes as
     500, at PTO = 2 * SRTT + WCDelAckT = 1.2 s after it."""

@@ -30,7 +30,8 @@ def stub(bin_dir: Path, name: str, script: str) -> None:
 def path_with(tmp_path: Path, *, uid: int, apt_get: str | None = None,
               tools: bool = False) -> Path:
     """A bin directory holding only BASICS, an `id` reporting `uid`, an `apt-get` running the
-    script `apt_get` (none if None) and, if `tools`, curl, an OpenBSD-like nc, nft and ip."""
+    script `apt_get` (none if None) and, if `tools`, curl, an OpenBSD-like nc, nft, ip, and
+    what `usertcp run`'s tests use: getent, ping, setpriv and unshare."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name in BASICS:
@@ -39,7 +40,7 @@ def path_with(tmp_path: Path, *, uid: int, apt_get: str | None = None,
     if apt_get is not None:
         stub(bin_dir, "apt-get", apt_get)
     if tools:
-        for name in ("curl", "nft", "ip"):
+        for name in ("curl", "nft", "ip", "getent", "ping", "setpriv", "unshare"):
             stub(bin_dir, name, "exit 0")
         stub(bin_dir, "nc", "printf '\\t-N\\t\\tshutdown the network socket after EOF\\n'")
     return bin_dir
@@ -58,10 +59,10 @@ def test_not_root_and_tools_missing_warns_or_fails_under_ci(tmp_path, ci):
     res = system_tools(path_with(tmp_path, uid=1000, apt_get="exit 0"), ci)
     if ci in ("true", "1", "TRUE"):
         assert res.returncode == 1, res
-        assert "error: missing curl netcat-openbsd nftables iproute2, and not root" in res.stderr
+        assert "error: missing curl netcat-openbsd nftables iproute2 libc-bin iputils-ping util-linux, and not root" in res.stderr
     else:
         assert res.returncode == 0, res
-        assert "warning: missing curl netcat-openbsd nftables iproute2" in res.stderr
+        assert "warning: missing curl netcat-openbsd nftables iproute2 libc-bin iputils-ping util-linux" in res.stderr
 
 
 @pytest.mark.parametrize("ci", [None, "true"])
@@ -77,7 +78,8 @@ def test_failing_apt_get_fails(tmp_path, ci, failing):
     res = system_tools(path_with(tmp_path, uid=0, apt_get=f'[ "$1" = {failing} ] && exit 100'),
                        ci)
     assert res.returncode == 1, res
-    assert "error: apt-get could not install curl netcat-openbsd nftables iproute2" in res.stderr
+    assert ("error: apt-get could not install curl netcat-openbsd nftables iproute2 libc-bin "
+            "iputils-ping util-linux") in res.stderr
 
 
 def test_tools_still_missing_after_apt_get_fails(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import ipaddress
 import secrets
 from typing import Callable
@@ -56,12 +57,16 @@ class Stack:
         self.blocked: set[TcpTransport] = set()  # transports with bytes waiting for buffer space
         self._transports: dict[int, TcpTransport] = {}
         self._connecting: dict[int, tuple[asyncio.Future, Callable, tuple[str, int]]] = {}
-        self._servers: dict[int, Server] = {}
+        self._servers: dict[int, Server] = {}  # by port; 0 is the server on every address
+        self._admitted: dict[int, object] = {}  # conn id -> what admit returned, until accepted
+        self._admitting: set[asyncio.Task] = set()
+        self._datagram_handler = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when: float | None = None
         self._flush_scheduled = False
         self._drops_logged: dict[str, int] = {}
         self._closed = False
+        self._device_gone = False
         self._rx_verified = bool(getattr(device, "rx_checksum_verified", False))
         # A device that verifies TCP checksums itself (TUN offload) counts the bad ones;
         # they go into the engine's drops under the reason the engine would have used.
@@ -90,9 +95,13 @@ class Stack:
 
     # ------------------------------------------------------------ public API
 
-    async def start_server(self, client_connected_cb, port: int, *, backlog: int | None = None,
-                           limit: int = 2 ** 16, start_serving: bool = True) -> Server:
-        """Like `asyncio.start_server`: the callback gets (StreamReader, StreamWriter)."""
+    async def start_server(self, client_connected_cb, port: int | None, *,
+                           backlog: int | None = None, limit: int = 2 ** 16,
+                           start_serving: bool = True, admit=None) -> Server:
+        """Like `asyncio.start_server`: the callback gets (StreamReader, StreamWriter).
+
+        `port=None` serves every address and port routed to the stack (see create_server).
+        """
         loop = self.loop
 
         def factory():
@@ -100,13 +109,26 @@ class Stack:
             return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
 
         return await self.create_server(factory, port, backlog=backlog,
-                                        start_serving=start_serving)
+                                        start_serving=start_serving, admit=admit)
 
-    async def create_server(self, protocol_factory, port: int, *, backlog: int | None = None,
-                            start_serving: bool = True) -> Server:
-        """Like `loop.create_server`, for protocols."""
+    async def create_server(self, protocol_factory, port: int | None, *,
+                            backlog: int | None = None, start_serving: bool = True,
+                            admit=None) -> Server:
+        """Like `loop.create_server`, for protocols.
+
+        `port=None`: a server for every address and port routed to the stack (ports that
+        have a server of their own on the stack's address excepted). Each transport's
+        `get_extra_info('sockname')` is the address and port the peer dialled.
+
+        `admit`, with port=None: `async def admit(sockname, peername)`, awaited before the
+        SYN is answered, e.g. to connect to the real destination first. What it returns is
+        the transport's `get_extra_info('admitted')` (and is closed, if it has `close()`,
+        should the handshake then fail). Raising turns the SYN down as a router would:
+        ConnectionRefusedError with a reset, OSError EHOSTUNREACH/ENETUNREACH/EACCES with
+        an ICMP unreachable, TimeoutError with silence (the peer's SYN retries run out).
+        """
         self._check_open()
-        server = Server(self, port, protocol_factory, backlog)
+        server = Server(self, port, protocol_factory, backlog, admit)
         if start_serving:
             await server.start_serving()
         return server
@@ -123,14 +145,19 @@ class Stack:
         return reader, writer
 
     async def create_connection(self, protocol_factory, host, port: int, *,
-                                local_port: int | None = None):
-        """Like `loop.create_connection`: active open; returns (transport, protocol)."""
+                                local_port: int | None = None, local_address: str | None = None):
+        """Like `loop.create_connection`: active open; returns (transport, protocol).
+
+        `local_address` (default: the stack's) may be any address the peer routes back to
+        the stack, when it serves every address.
+        """
         self._check_open()
         try:
             remote = str(ipaddress.IPv4Address(host))
         except ValueError:
             raise ValueError(f"{host!r} is not an IPv4 address (usertcp does no name lookups)")
-        conn_id = self.core.connect(remote, port, self.now(), local_port=local_port)
+        conn_id = self.core.connect(remote, port, self.now(), local_port=local_port,
+                                    local_address=local_address)
         fut = self.loop.create_future()
         self._connecting[conn_id] = (fut, protocol_factory, (remote, port))
         self.schedule_flush()
@@ -141,6 +168,30 @@ class Stack:
                 self.core.abort(conn_id, self.now())
                 self.schedule_flush()
             raise
+
+    # ------------------------------------------------------------ datagrams
+
+    def forward_datagrams(self, handler) -> None:
+        """Hand UDP datagrams (to any address, under a server on every address) and pings of
+        addresses other than the stack's to `handler`:
+        `handler.datagram_received(data, src, dst)` and
+        `handler.echo_request(src, dst, ident, seq, data)`. None stops it."""
+        self._datagram_handler = handler
+        self.core.forward_datagrams(handler is not None)
+
+    def send_datagram(self, data, src: tuple[str, int], dst: tuple[str, int]) -> None:
+        """A UDP datagram from `src` (e.g. the address the peer sent to) to `dst`."""
+        self.core.send_datagram(data, src, dst)
+        self.schedule_flush()
+
+    def send_echo_reply(self, src: str, dst: str, ident: int, seq: int, data) -> None:
+        self.core.send_echo_reply(src, dst, ident, seq, data)
+        self.schedule_flush()
+
+    def send_unreachable(self, src: tuple[str, int], dst: tuple[str, int], code: int) -> None:
+        """ICMP destination unreachable (`code`) about a UDP datagram sent from src to dst."""
+        self.core.send_unreachable(src, dst, code)
+        self.schedule_flush()
 
     def connections(self) -> list[dict]:
         """The engine's connection table: 4-tuple, state, queues, timers, RTT."""
@@ -170,11 +221,16 @@ class Stack:
         for fut, _, _ in self._connecting.values():
             if not fut.done():
                 fut.set_exception(ConnectionAbortedError("stack closed"))
+        for task in list(self._admitting):
+            task.cancel()
+        for value in self._admitted.values():
+            _close_quietly(value)
+        self._admitted.clear()
         self._flush()
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._fd is not None:
+        if self._fd is not None and not self._device_gone:
             self.loop.remove_reader(self._fd)
         self.device.close()
 
@@ -194,7 +250,11 @@ class Stack:
         loop_time = self.loop.time
         verified = self._rx_verified
         for _ in range(_BATCHES_PER_WAKE):
-            packets = device.receive_batch(_BATCH)
+            try:
+                packets = device.receive_batch(_BATCH)
+            except OSError as exc:
+                self._device_lost(exc)
+                return
             if not packets:
                 break
             now = loop_time()
@@ -231,6 +291,18 @@ class Stack:
             self._log_drops()
         self._flush()
 
+    def _device_lost(self, exc: OSError) -> None:
+        """The device died under us (its interface deleted, its namespace gone): stop using it.
+
+        Connections then time out as over a cut cable; the stack itself goes on.
+        """
+        if self._device_gone:
+            return
+        self._device_gone = True
+        self.log.warning("device.gone", error=exc.strerror or str(exc), errno=exc.errno)
+        if self._fd is not None:
+            self.loop.remove_reader(self._fd)
+
     def schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -241,8 +313,11 @@ class Stack:
         if self._closed:
             return
         packets = self.core.packets_to_send(self.loop.time())
-        if packets:
-            self.device.send_batch(packets)
+        if packets and not self._device_gone:
+            try:
+                self.device.send_batch(packets)
+            except OSError as exc:
+                self._device_lost(exc)
         self._dispatch_events()
         self._rearm()
 
@@ -278,6 +353,15 @@ class Stack:
                     transport.state_changed(event.new)
             elif kind is ev.ConnectionAccepted:
                 self._accept(event)
+            elif kind is ev.ConnectionRequested:
+                self._request(event)
+            elif kind is ev.DatagramReceived:
+                if self._datagram_handler is not None:
+                    self._datagram_handler.datagram_received(event.data, event.src, event.dst)
+            elif kind is ev.EchoRequested:
+                if self._datagram_handler is not None:
+                    self._datagram_handler.echo_request(event.src, event.dst, event.ident,
+                                                        event.seq, event.data)
             elif kind is ev.Connected:
                 self._connected(event)
             elif kind is ev.PeerClosed:
@@ -287,21 +371,68 @@ class Stack:
             elif kind is ev.ConnectionReset or kind is ev.ConnectionTimedOut:
                 self._failed(event)
             elif kind is ev.ConnectionClosed:
+                if self._admitted:
+                    _close_quietly(self._admitted.pop(event.conn_id, None))
                 transport = transports.get(event.conn_id)
                 if transport is not None:
                     transport.finished()
 
     def _accept(self, event: ev.ConnectionAccepted) -> None:
-        server = self._servers.get(event.local_port)
+        server = self._servers.get(event.listener_port)
+        admitted = self._admitted.pop(event.conn_id, None)
         if server is None or not server.is_serving():
             self.core.abort(event.conn_id, self.now())
+            _close_quietly(admitted)
             return
         protocol = server.protocol_factory()
         transport = TcpTransport(self, event.conn_id, protocol,
-                                 (self.address, event.local_port), event.remote)
+                                 (event.local_address, event.local_port), event.remote, admitted)
         self._transports[event.conn_id] = transport
         server.attach(transport)
         protocol.connection_made(transport)
+
+    def _request(self, event: ev.ConnectionRequested) -> None:
+        server = self._servers.get(0)
+        if server is None or not server.is_serving() or server.admit is None:
+            self.core.refuse(event.conn_id, self.now(), "reset")
+            return
+        task = self.loop.create_task(self._admit(server, event))
+        self._admitting.add(task)
+        task.add_done_callback(self._admitting.discard)
+
+    async def _admit(self, server: Server, event: ev.ConnectionRequested) -> None:
+        rid = event.conn_id
+        try:
+            value = await server.admit(event.local, event.remote)
+        except asyncio.CancelledError:
+            if not self._closed:
+                self._answer(rid, "reset")
+            raise
+        except BaseException as exc:  # noqa: BLE001 (every failure is an answer to the peer)
+            self._answer(rid, _refusal_for(exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if self._closed or not server.is_serving():
+            _close_quietly(value)
+            self._answer(rid, "reset")
+            return
+        self._admitted[rid] = value
+        try:
+            self.core.admit(rid, self.now())
+        except KeyError:  # the request was dropped meanwhile (server closed)
+            self._admitted.pop(rid, None)
+            _close_quietly(value)
+        self.schedule_flush()
+
+    def _answer(self, rid: int, reply: str) -> None:
+        if self._closed:
+            return
+        try:
+            self.core.refuse(rid, self.now(), reply)
+        except KeyError:
+            return
+        self.schedule_flush()
 
     def _connected(self, event: ev.Connected) -> None:
         pending = self._connecting.pop(event.conn_id, None)
@@ -311,15 +442,15 @@ class Stack:
         if fut.done():  # cancelled meanwhile
             self.core.abort(event.conn_id, self.now())
             return
-        info = next(row for row in self.core.connections(self.now())
-                    if row["conn_id"] == event.conn_id)
+        local, _ = self.core.endpoints(event.conn_id)
         protocol = factory()
-        transport = TcpTransport(self, event.conn_id, protocol, info["local"], remote)
+        transport = TcpTransport(self, event.conn_id, protocol, local, remote)
         self._transports[event.conn_id] = transport
         protocol.connection_made(transport)
         fut.set_result((transport, protocol))
 
     def _failed(self, event) -> None:
+        _close_quietly(self._admitted.pop(event.conn_id, None))
         timed_out = type(event) is ev.ConnectionTimedOut
         pending = self._connecting.pop(event.conn_id, None)
         if pending is not None:
@@ -347,15 +478,24 @@ class Stack:
             server.detach(transport)
 
     def register_server(self, server: Server) -> None:
-        if server.port in self._servers:
-            raise OSError(98, f"port {server.port} is already in use")
-        self.core.listen(server.port, server.backlog)
-        self._servers[server.port] = server
+        key = server.port or 0
+        if key in self._servers:
+            what = "every address" if key == 0 else f"port {key}"
+            raise OSError(98, f"{what} is already served")
+        if key == 0:
+            self.core.listen_any(server.backlog, defer=server.admit is not None)
+        else:
+            self.core.listen(server.port, server.backlog)
+        self._servers[key] = server
 
     def unregister_server(self, server: Server) -> None:
-        if self._servers.get(server.port) is server:
-            del self._servers[server.port]
-            self.core.unlisten(server.port)
+        key = server.port or 0
+        if self._servers.get(key) is server:
+            del self._servers[key]
+            if key == 0:
+                self.core.unlisten_any()
+            else:
+                self.core.unlisten(server.port)
 
     # ------------------------------------------------------------ logging
 
@@ -373,6 +513,31 @@ class Stack:
                 self.log.warning("packet.dropped", reason=reason, count=count - seen.get(reason, 0),
                                  total=count)
                 seen[reason] = count
+
+
+def _refusal_for(exc: BaseException) -> str:
+    """How to turn a SYN down when admit raised `exc`: what a router would send."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "reset"
+    if isinstance(exc, TimeoutError):
+        return "none"
+    code = getattr(exc, "errno", None)
+    if code in (errno.EHOSTUNREACH, errno.EHOSTDOWN):
+        return "host-unreachable"
+    if code == errno.ENETUNREACH:
+        return "net-unreachable"
+    if code in (errno.EACCES, errno.EPERM):
+        return "admin-prohibited"
+    return "reset"
+
+
+def _close_quietly(value) -> None:
+    close = getattr(value, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # noqa: BLE001 (cleanup of the application's own object)
+            pass
 
 
 def _innermost_with(device, attribute: str):

@@ -11,13 +11,20 @@ if TYPE_CHECKING:
 
 
 class Server:
-    def __init__(self, stack: Stack, port: int, protocol_factory, backlog: int | None):
-        if not 0 < port < 65536:
+    """A server on one port of the stack's address, or (port None) on every address and port
+    routed to the stack; `admit`, for the latter, is asked before each SYN is answered."""
+
+    def __init__(self, stack: Stack, port: int | None, protocol_factory, backlog: int | None,
+                 admit=None):
+        if port is not None and not 0 < port < 65536:
             raise ValueError(f"port {port} out of range 1..65535")
+        if admit is not None and port is not None:
+            raise ValueError("admit= is for a server on every address (port=None)")
         self._stack = stack
         self.port = port
         self.protocol_factory = protocol_factory
         self.backlog = backlog
+        self.admit = admit
         self._serving = False
         self._closed = False
         self._serving_forever: asyncio.Future | None = None
@@ -30,7 +37,7 @@ class Server:
 
     @property
     def sockname(self) -> tuple[str, int]:
-        return (self._stack.address, self.port)
+        return ("0.0.0.0", 0) if self.port is None else (self._stack.address, self.port)
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._stack.loop
@@ -40,15 +47,14 @@ class Server:
 
     async def start_serving(self) -> None:
         if self._closed:
-            raise RuntimeError(f"server on port {self.port} is closed")
+            raise RuntimeError(f"{self!r} is closed")
         if not self._serving:
             self._stack.register_server(self)
             self._serving = True
 
     async def serve_forever(self) -> None:
         if self._serving_forever is not None:
-            raise RuntimeError(f"server on port {self.port} is already being awaited on "
-                               "serve_forever()")
+            raise RuntimeError(f"{self!r} is already being awaited on serve_forever()")
         await self.start_serving()
         self._serving_forever = self._stack.loop.create_future()
         try:
@@ -96,4 +102,5 @@ class Server:
         await self.wait_closed()
 
     def __repr__(self) -> str:
-        return f"<usertcp.Server {self._stack.address}:{self.port} serving={self._serving}>"
+        where = "every address" if self.port is None else f"{self._stack.address}:{self.port}"
+        return f"<usertcp.Server {where} serving={self._serving}>"

@@ -28,8 +28,9 @@ class TcpTransport(asyncio.Transport):
     """
 
     def __init__(self, stack: Stack, conn_id: int, protocol: asyncio.BaseProtocol,
-                 sockname: tuple[str, int], peername: tuple[str, int]):
-        super().__init__(extra={"sockname": sockname, "peername": peername, "socket": None})
+                 sockname: tuple[str, int], peername: tuple[str, int], admitted=None):
+        super().__init__(extra={"sockname": sockname, "peername": peername, "socket": None,
+                                "admitted": admitted})
         self._stack = stack
         self._core = stack.core
         self.conn_id = conn_id

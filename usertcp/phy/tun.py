@@ -136,6 +136,34 @@ class TunDevice:
             self.receive_batch = self._receive_batch_vnet
             self.send_batch = self._send_batch_vnet
 
+    @classmethod
+    def adopt(cls, fd: int, name: str, mtu: int, *, offload: bool) -> TunDevice:
+        """Wrap a TUN fd created and configured elsewhere (e.g. in another namespace).
+
+        `offload` must match how it was opened (IFF_VNET_HDR, TUNSETOFFLOAD CSUM|TSO4).
+        close() closes `fd`.
+        """
+        import io
+
+        check_mtu(mtu)
+        self = cls.__new__(cls)
+        os.set_blocking(fd, False)
+        # Anything with close() serves as _tun here; FileIO closes the fd exactly once.
+        self._tun = io.FileIO(fd, "r+", closefd=True)
+        self._fd = fd
+        self.name = name
+        self.mtu = mtu
+        self.tx_dropped = 0
+        self.rx_bad_checksum = 0
+        self.offload = offload
+        if offload:
+            self.tx_checksum_offload = True
+            self.rx_checksum_verified = True
+            self.tso_max = 65535 - 40 - 40  # as __init__
+            self.receive_batch = self._receive_batch_vnet
+            self.send_batch = self._send_batch_vnet
+        return self
+
     def fileno(self) -> int | None:
         return self._fd
 

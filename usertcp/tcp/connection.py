@@ -70,16 +70,17 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
     )
 
     def __init__(self, host: Host, conn_id: int, lport: int, remote: int, rport: int, iss: int,
-                 now: float, listener=None):
+                 now: float, listener=None, local: int | None = None):
         cfg = host.config
         self.host = host
         self.cfg = cfg
         self.id = conn_id
-        self.local = host.address
+        # A catch-all stack answers as whatever address the peer dialled.
+        self.local = host.address if local is None else local
         self.lport = lport
         self.remote = remote
         self.rport = rport
-        self.key = (remote, rport, lport)
+        self.key = (remote, rport, self.local, lport)
         self.state = CLOSED
         self.listener = listener  # the Listener of a passive open
         self.accepted = False

@@ -27,3 +27,14 @@ class NoFreePort(TcpError):
 
 class TooManyConnections(TcpError):
     """connect() when the stack already holds TcpConfig.max_connections connections."""
+
+
+class UnknownRequest(TcpError, KeyError):
+    """admit/refuse of a request that was already answered, or never made."""
+
+    def __init__(self, request_id):
+        super().__init__(request_id)
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return f"no pending connection request {self.request_id}"

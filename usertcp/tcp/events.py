@@ -18,6 +18,36 @@ class ConnectionAccepted(Event):
 
     local_port: int
     remote: tuple[str, int]
+    local_address: str = ""  # the address the peer dialled (any, under listen_any)
+    listener_port: int = -1  # the listener's port; 0 for listen_any
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRequested(Event):
+    """Under listen_any(defer=True): a SYN awaits admit(conn_id) or refuse(conn_id)."""
+
+    local: tuple[str, int]  # what the peer dialled
+    remote: tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class DatagramReceived(Event):
+    """Under forward_datagrams: a UDP datagram for any address (conn_id 0)."""
+
+    src: tuple[str, int]
+    dst: tuple[str, int]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EchoRequested(Event):
+    """Under forward_datagrams: a ping of an address other than the stack's (conn_id 0)."""
+
+    src: str
+    dst: str
+    ident: int
+    seq: int
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,8 +152,9 @@ class Output:
         # With segmentation offload a segment may carry many MSS; the device cuts it at
         # the MTU less the headers (options included), which is our MSS, and so only when
         # the peer's MSS is no smaller than ours.
-        chunk = (cfg.tso_max // mss * mss if cfg.tso_max and self.snd_mss + self.ts_len == cfg.mss
-                 else mss)
+        # (An MTU near 64 KB leaves room for no more than one MSS.)
+        chunk = (cfg.tso_max // mss * mss if cfg.tso_max > mss
+                 and self.snd_mss + self.ts_len == cfg.mss else mss)
         buflen = len(view)
         sent_any = False
         flags_base = ACK

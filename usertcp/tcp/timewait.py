@@ -81,7 +81,7 @@ class TimeWait:
         cfg = self.host.config
         opts = ts_option(now, self.ts_offset, self.ts_recent) if self.ts_ok else b""
         self.host.out.append(build_segment(
-            self.host.address, self.remote, self.lport, self.rport, self.snd_nxt, self.rcv_nxt,
+            self.key[2], self.remote, self.lport, self.rport, self.snd_nxt, self.rcv_nxt,
             ACK, self.window, opts, ttl=cfg.ttl, csum_offload=cfg.tx_checksum_offload))
 
     def next_deadline(self) -> float:

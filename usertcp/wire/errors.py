@@ -24,6 +24,9 @@ class DropReason(str, enum.Enum):
     ICMP_TRUNCATED = "icmp-truncated"
     BAD_ICMP_CHECKSUM = "bad-icmp-checksum"
     ICMP_IGNORED = "icmp-ignored"  # ICMP other than echo request
+    UDP_TRUNCATED = "udp-truncated"  # shorter than a UDP header
+    BAD_UDP_LENGTH = "bad-udp-length"  # length field under 8 or past the IP payload
+    BAD_UDP_CHECKSUM = "bad-udp-checksum"
 
 
 class MalformedPacket(Exception):

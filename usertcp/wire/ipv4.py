@@ -10,6 +10,7 @@ from .errors import DropReason, MalformedPacket
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
+PROTO_UDP = 17
 
 HEADER = struct.Struct("!BBHHHBBHII")  # 20 bytes, no options
 _unpack_header = HEADER.unpack_from
