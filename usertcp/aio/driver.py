@@ -21,6 +21,7 @@ import structlog
 from ..stack import Stack as CoreStack
 from ..tcp import events as ev
 from ..tcp.config import TcpConfig
+from ..tcp.state import State
 from ..wire.errors import DropReason
 from ..wire.ipv4 import addr_to_int
 from .server import Server
@@ -82,13 +83,17 @@ class Stack:
     def open(cls, tun: str = "utcp0", address: str = "10.7.0.2",
              host_address: str = "10.7.0.1/24", *, mtu: int = 1500,
              config: TcpConfig | None = None, pcap: str | None = None,
-             fault: dict | None = None, offload: bool = True) -> _Opener:
+             fault: dict | None = None, offload: bool = True, routes=()) -> _Opener:
         """Create the TUN device, configure its kernel side and start a stack.
+
+        `routes` ("10.8.0.0/16", ...) are routed into the device too: with a server on
+        every address (`start_server(cb, port=None)`), the stack answers for them all.
 
         Use as `async with Stack.open(...) as stack:` (or `await Stack.open(...)`
         and `await stack.aclose()` later).
         """
-        return _Opener(cls, tun, address, host_address, mtu, config, pcap, fault, offload)
+        return _Opener(cls, tun, address, host_address, mtu, config, pcap, fault, offload,
+                       tuple(routes))
 
     def now(self) -> float:
         return self.loop.time()
@@ -348,6 +353,9 @@ class Stack:
                     transport.pull()
             elif kind is ev.StateChanged:
                 self._log_state(event)
+                if self._admitted and event.new is State.CLOSED:
+                    # Reset or timed out before the application saw it: no other event says so.
+                    _close_quietly(self._admitted.pop(event.conn_id, None))
                 transport = transports.get(event.conn_id)
                 if transport is not None:
                     transport.state_changed(event.new)
@@ -552,15 +560,17 @@ def _innermost_with(device, attribute: str):
 class _Opener:
     """`Stack.open(...)`: an async context manager that is also awaitable."""
 
-    def __init__(self, cls, tun, address, host_address, mtu, config, pcap, fault, offload):
-        self._args = (cls, tun, address, host_address, mtu, config, pcap, fault, offload)
+    def __init__(self, cls, tun, address, host_address, mtu, config, pcap, fault, offload,
+                 routes):
+        self._args = (cls, tun, address, host_address, mtu, config, pcap, fault, offload,
+                      routes)
         self._stack: Stack | None = None
 
     async def _open(self) -> Stack:
         from ..phy import FaultInjector, PcapWriter, TunDevice, configure_host_side
         from ..phy.netlink import parse_host_address
 
-        cls, tun, address, host_address, mtu, config, pcap, fault, offload = self._args
+        cls, tun, address, host_address, mtu, config, pcap, fault, offload, routes = self._args
         host_iface = parse_host_address(host_address)
         addr = ipaddress.IPv4Address(addr_to_int(address))
         if addr not in host_iface.network:
@@ -572,7 +582,7 @@ class _Opener:
         try:
             # pyroute2 runs an event loop of its own: keep it off this one.
             await asyncio.get_running_loop().run_in_executor(
-                None, configure_host_side, tun, host_address, mtu)
+                None, configure_host_side, tun, host_address, mtu, routes)
             if fault:
                 device = FaultInjector(device, **fault)
             if pcap:

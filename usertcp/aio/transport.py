@@ -8,6 +8,7 @@ StreamReader and StreamWriter run on top unchanged, so code written for
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import TYPE_CHECKING
 
 from ..tcp.state import State
@@ -35,7 +36,10 @@ class TcpTransport(asyncio.Transport):
         self._core = stack.core
         self.conn_id = conn_id
         self._protocol = protocol
-        self._pending = bytearray()  # accepted from the app, not yet into the engine
+        # Accepted from the app, not yet into the engine: whole chunks, so that a relay
+        # writing 256 KB reads costs no copy here (a bytearray re-copies on every append).
+        self._pending: deque = deque()
+        self._pending_size = 0
         self._eof_requested = False  # write_eof() called: FIN once _pending is empty
         self._closing = False  # close() called
         self._lost = False  # connection_lost() delivered
@@ -58,14 +62,18 @@ class TcpTransport(asyncio.Transport):
         if self._lost or not data:
             return
         if self._pending:
-            self._pending += data
+            # Bytes are immutable; anything else the caller may reuse after write() returns.
+            self._pending.append(data if type(data) is bytes else bytes(data))
+            self._pending_size += len(data)
         else:
             try:
                 n = self._core.send(self.conn_id, data, self._stack.now())
             except Exception:  # the engine says the connection can no longer send
                 return
             if n < len(data):
-                self._pending += memoryview(data)[n:]
+                rest = memoryview(data if type(data) is bytes else bytes(data))[n:]
+                self._pending.append(rest)
+                self._pending_size += len(rest)
                 self._stack.blocked.add(self)
             self._stack.schedule_flush()
         self._check_high_water()
@@ -91,7 +99,7 @@ class TcpTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self._closing = True
-        self._pending.clear()
+        self._drop_pending()
         self._stack.blocked.discard(self)
         self._core.abort(self.conn_id, self._stack.now())
         self._stack.schedule_flush()
@@ -101,7 +109,7 @@ class TcpTransport(asyncio.Transport):
         return self._closing or self._lost
 
     def get_write_buffer_size(self) -> int:
-        return len(self._pending)
+        return self._pending_size
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return (self._low, self._high)
@@ -192,14 +200,21 @@ class TcpTransport(asyncio.Transport):
             return
         core = self._core
         now = self._stack.now()
-        if self._pending:
+        pending = self._pending
+        if pending:
+            conn_id = self.conn_id
             try:
-                n = core.send(self.conn_id, self._pending, now)
-            except Exception:
-                self._pending.clear()
-                n = 0
-            if n:
-                del self._pending[:n]
+                while pending:
+                    chunk = pending[0]
+                    n = core.send(conn_id, chunk, now)
+                    self._pending_size -= n
+                    if n < len(chunk):
+                        if n:
+                            pending[0] = memoryview(chunk)[n:]
+                        break
+                    pending.popleft()
+            except Exception:  # the engine says the connection can no longer send
+                self._drop_pending()
             self._stack.schedule_flush()
         if self._pending:
             self._stack.blocked.add(self)
@@ -223,7 +238,7 @@ class TcpTransport(asyncio.Transport):
             self._connection_lost(None)
 
     def failed(self, exc: BaseException) -> None:
-        self._pending.clear()
+        self._drop_pending()
         self._stack.blocked.discard(self)
         self._connection_lost(exc)
 
@@ -235,7 +250,7 @@ class TcpTransport(asyncio.Transport):
         """
         self._engine_done = True
         self._peer_eof = True
-        self._pending.clear()
+        self._drop_pending()
         self._stack.blocked.discard(self)
         self.pull()
 
@@ -246,13 +261,17 @@ class TcpTransport(asyncio.Transport):
         self._stack.forget_transport(self)
         self._stack.loop.call_soon(self._protocol.connection_lost, exc)
 
+    def _drop_pending(self) -> None:
+        self._pending.clear()
+        self._pending_size = 0
+
     def _check_high_water(self) -> None:
-        if not self._writing_paused and len(self._pending) > self._high:
+        if not self._writing_paused and self._pending_size > self._high:
             self._writing_paused = True
             self._protocol.pause_writing()
 
     def _check_low_water(self) -> None:
-        if self._writing_paused and len(self._pending) <= self._low:
+        if self._writing_paused and self._pending_size <= self._low:
             self._writing_paused = False
             self._protocol.resume_writing()
 

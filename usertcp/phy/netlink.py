@@ -70,13 +70,27 @@ def _index(ipr: IPRoute, ifname: str) -> int:
 TX_QUEUE_LEN = 4096
 
 
-def configure_host_side(ifname: str, host_address: str, mtu: int) -> ipaddress.IPv4Interface:
-    """Set the MTU, add the kernel's IPv4 address and bring `ifname` up.
+def parse_route(text: object) -> ipaddress.IPv4Network:
+    """A destination network routed into the TUN, e.g. "10.8.0.0/16" (or "default")."""
+    if text == "default":
+        return ipaddress.IPv4Network("0.0.0.0/0")
+    try:
+        return ipaddress.IPv4Network(str(text).strip())
+    except ValueError:
+        raise InvalidAddress(f"malformed route {text!r}: expected a network such as "
+                             f"10.8.0.0/16 (host bits zero), or 'default'") from None
+
+
+def configure_host_side(ifname: str, host_address: str, mtu: int,
+                        routes=()) -> ipaddress.IPv4Interface:
+    """Set the MTU, add the kernel's IPv4 address and bring `ifname` up; route `routes`
+    (networks, e.g. "10.8.0.0/16") into it too, for a stack that listens on every address.
 
     Idempotent for an address already on `ifname`; refuses an address that
     another interface in this network namespace already holds.
     """
     iface = parse_host_address(host_address)
+    networks = [parse_route(r) for r in routes]
     check_mtu(mtu)
     from pyroute2 import IPRoute, NetlinkError  # lazy: importing pyroute2 costs ~0.1 s
 
@@ -98,6 +112,16 @@ def configure_host_side(ifname: str, host_address: str, mtu: int) -> ipaddress.I
                     "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
                 )
             ipr.link("set", index=index, state="up")
+            for net in networks:
+                try:
+                    ipr.route("add", dst=str(net.network_address), dst_len=net.prefixlen,
+                              oif=index)
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise
+                    raise AddressInUse(f"a route to {net} already exists in this network "
+                                       f"namespace; remove it or choose another network",
+                                       errno=errno.EEXIST) from None
     except NetlinkError as exc:
         raise _netlink_error(exc, f"cannot configure {ifname!r} with {host_address}") from None
     return iface

@@ -98,7 +98,7 @@ async def run(opts: RunOptions, log, status_callback=None) -> int:
         try:
             sandbox.start()
         except ExecFailed as exc:
-            print(f"usertcp: run: {exc}", file=sys.stderr)  # as a shell says it
+            print(exc, file=sys.stderr)  # the shell's line: "usertcp: run: CMD: not found"
             return exc.status
         status = await sandbox.wait()
         log.info("run.exited", status=status, connections=relay.counters["connections"],
