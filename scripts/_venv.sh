@@ -46,7 +46,8 @@ usertcp_ci() {
     case "${CI:-}" in [Tt][Rr][Uu][Ee] | 1 | [Yy][Ee][Ss]) return 0 ;; *) return 1 ;; esac
 }
 
-# _usertcp_missing_tools: the Debian packages for whichever of curl, nc, nft, ip are missing.
+# _usertcp_missing_tools: the Debian packages for whichever of curl, nc, nft, ip, getent, ping,
+# setpriv, unshare are missing.
 # nc must be the OpenBSD netcat (the tests use -N), so its absence or another flavour both count.
 _usertcp_missing_tools() {
     local pkgs=()
@@ -55,6 +56,10 @@ _usertcp_missing_tools() {
         pkgs+=(netcat-openbsd)
     command -v nft >/dev/null || pkgs+=(nftables)
     command -v ip >/dev/null || pkgs+=(iproute2)
+    # test_run.py: getent (DNS inside the program), ping, setpriv and unshare (the rootless run)
+    command -v getent >/dev/null || pkgs+=(libc-bin)
+    command -v ping >/dev/null || pkgs+=(iputils-ping)
+    { command -v setpriv >/dev/null && command -v unshare >/dev/null; } || pkgs+=(util-linux)
     echo "${pkgs[*]}"
 }
 
@@ -68,8 +73,8 @@ _usertcp_cannot_install() {
 }
 
 # usertcp_system_tools: install (as root, with apt-get) the Debian packages for any missing curl,
-# nc, nft, ip. When that cannot be done (not root, no apt-get) it warns, or under CI fails; a
-# failing apt-get, or a tool still missing after it, always fails.
+# nc, nft, ip, getent, ping, setpriv, unshare. When that cannot be done (not root, no apt-get) it
+# warns, or under CI fails; a failing apt-get, or a tool still missing after it, always fails.
 usertcp_system_tools() {
     local missing
     missing=$(_usertcp_missing_tools)

@@ -71,7 +71,8 @@ class TcpTransport(asyncio.Transport):
             except Exception:  # the engine says the connection can no longer send
                 return
             if n < len(data):
-                rest = memoryview(data if type(data) is bytes else bytes(data))[n:]
+                rest = (memoryview(data)[n:] if type(data) is bytes
+                        else bytes(memoryview(data)[n:]))  # only the rest is copied
                 self._pending.append(rest)
                 self._pending_size += len(rest)
                 self._stack.blocked.add(self)

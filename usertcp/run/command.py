@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import signal
 import sys
 
@@ -44,7 +45,11 @@ def parse_publish(spec: str) -> tuple[str, int, int]:
     for p in (host_port, port):
         if not 0 < p < 65536:
             raise ValueError(f"--publish: port {p} out of range 1..65535")
-    return host or "0.0.0.0", host_port, port
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(f"--publish: {host!r} is not an IPv4 address to listen on") from None
+    return host, host_port, port
 
 
 @dataclasses.dataclass

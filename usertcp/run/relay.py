@@ -108,16 +108,17 @@ class _Side(asyncio.Protocol):
             pair.finish(reset=False)
         return True  # half-close: the other direction goes on
 
-    # The transport we write to is full: stop reading ours, so our peer's window closes.
+    # Our transport is full of what the other side sent: stop reading there, so that the
+    # sender's window closes (TCP's flow control carried across the relay).
     def pause_writing(self) -> None:
-        mine = self.pair.inside if self.inside else self.pair.outside
-        if mine is not None and not mine.is_closing():
-            mine.pause_reading()
+        source = self.other()
+        if source is not None and not source.is_closing():
+            source.pause_reading()
 
     def resume_writing(self) -> None:
-        mine = self.pair.inside if self.inside else self.pair.outside
-        if mine is not None and not mine.is_closing():
-            mine.resume_reading()
+        source = self.other()
+        if source is not None and not source.is_closing():
+            source.resume_reading()
 
     def connection_lost(self, exc) -> None:
         pair = self.pair
@@ -130,7 +131,13 @@ class _Side(asyncio.Protocol):
             pair.finish(reset=False)
 
 
-class _Outside(_Side):
+# Every kernel socket reads into this one buffer: what a read brings is written on (copied
+# into usertcp's send buffer) before the next read, so one buffer serves all, and a 64 KB
+# segment costs no allocation of its own.
+_READ_BUFFER = memoryview(bytearray(1 << 20))
+
+
+class _Outside(_Side, asyncio.BufferedProtocol):
     """The kernel socket's protocol; writes go to the program's connection."""
 
     inside = False
@@ -138,6 +145,12 @@ class _Outside(_Side):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.pair.outside = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_READ_BUFFER[:nbytes])
 
 
 class _Inside(_Side):
