@@ -30,7 +30,7 @@ from .tcp.state import CAN_SEND, State
 from .tcp.syncookie import SLOT_SECONDS, check_cookie, make_cookie
 from .tcp.timewait import TimeWait
 from .wire.errors import DropReason, MalformedPacket
-from .wire import icmp
+from .wire import icmp, udp
 from .wire.icmp import echo_reply_for
 from .wire.ipv4 import PROTO_ICMP, PROTO_UDP, addr_to_int, build_ipv4, int_to_addr
 from .wire.packet import parse_packet
@@ -121,8 +121,6 @@ class Stack:
             self._arm(conn)
 
     def _receive_other(self, packet, ip, checksum_verified: bool) -> None:
-        from .wire import udp  # noqa: PLC0415 (UDP is off the TCP path)
-
         try:
             if ip.protocol == PROTO_ICMP:
                 if self.forwarding and ip.dst != self.address:
@@ -291,8 +289,6 @@ class Stack:
 
     def send_datagram(self, data, src: tuple[str, int], dst: tuple[str, int]) -> None:
         """A UDP datagram from src (any address: e.g. the one the peer sent to) to dst."""
-        from .wire import udp  # noqa: PLC0415
-
         self.out.append(udp.build_udp(addr_to_int(src[0]), addr_to_int(dst[0]), src[1], dst[1],
                                       data, ttl=self.config.ttl))
 

@@ -416,7 +416,7 @@ class Stack:
             if not self._closed:
                 self._answer(rid, "reset")
             raise
-        except BaseException as exc:  # noqa: BLE001 (every failure is an answer to the peer)
+        except BaseException as exc:  # every failure is an answer to the peer
             self._answer(rid, _refusal_for(exc))
             if not isinstance(exc, Exception):
                 raise

@@ -124,7 +124,10 @@ class TunDevice:
             raise DeviceError(
                 f"cannot set MTU {mtu} on {name!r}: {os.strerror(exc.errno or 0)}", errno=exc.errno
             ) from None
-        self.name: str = self._tun.name
+        self._ready(self._tun.name, mtu, offload)
+
+    def _ready(self, name: str, mtu: int, offload: bool) -> None:
+        self.name: str = name
         self.mtu = mtu
         self.tx_dropped = 0
         self.rx_bad_checksum = 0
@@ -151,17 +154,7 @@ class TunDevice:
         # Anything with close() serves as _tun here; FileIO closes the fd exactly once.
         self._tun = io.FileIO(fd, "r+", closefd=True)
         self._fd = fd
-        self.name = name
-        self.mtu = mtu
-        self.tx_dropped = 0
-        self.rx_bad_checksum = 0
-        self.offload = offload
-        if offload:
-            self.tx_checksum_offload = True
-            self.rx_checksum_verified = True
-            self.tso_max = 65535 - 40 - 40  # as __init__
-            self.receive_batch = self._receive_batch_vnet
-            self.send_batch = self._send_batch_vnet
+        self._ready(name, mtu, offload)
         return self
 
     def fileno(self) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from .checksum import finish, internet_checksum, word_sum
+from .checksum import finish, word_sum
 from .errors import DropReason, MalformedPacket
 from .ipv4 import PROTO_ICMP, IPv4Header, build_ipv4
 
@@ -16,19 +16,8 @@ _from = int.from_bytes
 
 def echo_reply_for(packet, ip: IPv4Header) -> bytes:
     """The echo reply to an echo request, or MalformedPacket if it is not one."""
-    start, end = ip.header_length, ip.total_length
-    if end - start < 8:
-        raise MalformedPacket(DropReason.ICMP_TRUNCATED)
-    msg = memoryview(packet)[start:end]
-    if word_sum(msg):
-        raise MalformedPacket(DropReason.BAD_ICMP_CHECKSUM)
-    if msg[0] != ECHO_REQUEST or msg[1] != 0:
-        raise MalformedPacket(DropReason.ICMP_IGNORED, f"type {msg[0]}")
-    reply = bytearray(msg)
-    reply[0] = ECHO_REPLY
-    reply[2:4] = b"\0\0"
-    reply[2:4] = internet_checksum(reply).to_bytes(2, "big")
-    return build_ipv4(ip.dst, ip.src, PROTO_ICMP, reply)
+    ident, seq, data = parse_echo_request(packet, ip)
+    return build_echo_reply(ip.dst, ip.src, ident, seq, data)
 
 
 # --- echo for the relay, and destination unreachable ----------------------------------------------
