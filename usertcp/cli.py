@@ -79,9 +79,14 @@ def _common(parser: argparse.ArgumentParser, port: int | None, *, device: bool =
             mtu: int = 1500, log_level: str = "info") -> None:
     if device:
         parser.add_argument("--tun", default="utcp0", help="TUN device name (default utcp0)")
-        parser.add_argument("--address", default="10.7.0.2", help="the stack's IPv4 address")
-        parser.add_argument("--host-address", default="10.7.0.1/24",
-                            help="kernel side address/prefix of the TUN (default 10.7.0.1/24)")
+        parser.add_argument("--address", action="append", metavar="ADDRESS",
+                            help="the stack's address; once per family for dual stack, e.g. "
+                                 "--address 10.7.0.2 --address fd00:7::2 (default 10.7.0.2: "
+                                 "IPv4 only)")
+        parser.add_argument("--host-address", action="append", metavar="ADDRESS/PREFIX",
+                            help="the kernel side's address/prefix on the TUN, once per family "
+                                 "(default 10.7.0.1/24, with fd00:7::1/64 when an IPv6 "
+                                 "--address is given)")
     if port is not None:
         parser.add_argument("--port", type=int, default=port, help=f"port (default {port})")
     parser.add_argument("--msl", type=float, default=30.0,
@@ -166,6 +171,21 @@ def _config(args) -> TcpConfig:
     return TcpConfig(msl=args.msl, mss=min(65495, max(88, args.mtu - 40)), **extra)
 
 
+def _addresses(args) -> tuple[list[str], list[str]]:
+    """--address and --host-address, each once per family; the kernel side's address of a
+    family given only for the stack defaults to the documentation pair (10.7.0.1/24,
+    fd00:7::1/64)."""
+    addresses = args.address or ["10.7.0.2"]
+    hosts = list(args.host_address or [])
+    have = {":" in h for h in hosts}
+    for a in addresses:
+        v6 = ":" in a
+        if v6 not in have:
+            hosts.append("fd00:7::1/64" if v6 else "10.7.0.1/24")
+            have.add(v6)
+    return addresses, hosts
+
+
 def _fault(args) -> dict | None:
     if not args.fault:
         return None
@@ -208,7 +228,8 @@ async def _serve(args, make_callback) -> int:
 
     callback = make_callback()
     fault = _fault(args)
-    async with Stack.open(args.tun, args.address, args.host_address, mtu=args.mtu,
+    addresses, host_addresses = _addresses(args)
+    async with Stack.open(args.tun, addresses, host_addresses, mtu=args.mtu,
                           config=_config(args), pcap=args.pcap, fault=fault,
                           offload=args.offload) as stack:
         server = await stack.start_server(callback, args.port)
@@ -219,7 +240,7 @@ async def _serve(args, make_callback) -> int:
         # Read-only status: `kill -USR1 PID` logs the connection table (TIME-WAIT entries too).
         loop.add_signal_handler(signal.SIGUSR1, _status, stack)
         # Only now: a signal sent as soon as this line shows must find its handler in place.
-        stack.log.info("service.ready", service=args.command, address=stack.address,
+        stack.log.info("service.ready", service=args.command, address=stack.address, addresses=stack.addresses,
                        port=args.port, tun=args.tun, **({"fault": fault} if fault else {}))
         await stop.wait()
         stack.log.info("service.stopping", open_connections=len(stack.connections()) - 1)
@@ -231,7 +252,8 @@ async def _connect(args) -> int:
     from .aio import Stack
     from .apps.connect import run_connect
 
-    async with Stack.open(args.tun, args.address, args.host_address, mtu=args.mtu,
+    addresses, host_addresses = _addresses(args)
+    async with Stack.open(args.tun, addresses, host_addresses, mtu=args.mtu,
                           config=_config(args), pcap=args.pcap, fault=_fault(args),
                           offload=args.offload) as stack:
         return await run_connect(stack, args.host, args.port)

@@ -30,7 +30,9 @@ from .tcp.state import CAN_SEND, State
 from .tcp.syncookie import SLOT_SECONDS, check_cookie, make_cookie
 from .tcp.timewait import TimeWait
 from .wire.errors import DropReason, MalformedPacket
-from .wire import icmp, udp
+from .fragments import Reassembler
+from .wire import icmp, icmpv6, udp
+from .wire.ipv6 import IPv6Header
 from .wire.icmp import echo_reply_for
 from .wire.ipv4 import PROTO_ICMP, PROTO_UDP, addr_to_int, build_ipv4, int_to_addr
 from .wire.packet import parse_packet
@@ -39,6 +41,8 @@ from .wire.tcp import ACK, FIN, RST, SYN, Segment, build_options, build_segment
 __all__ = ["Stack", "TcpConfig", "State"]
 
 _CLOSED = State.CLOSED  # a module global: attribute lookups on the Enum class are slow
+_V6_MULTICAST = (1 << 8) | 0xFF  # the top 8 bits of a V6-tagged ff00::/8 address, with the tag
+MIN_PMTU_V4 = 552  # Linux's min_pmtu: a "fragmentation needed" never lowers below it
 
 # refuse(reply=...): how a connection request is turned down, as a kernel router would.
 REFUSALS = {"reset": None, "net-unreachable": 0, "host-unreachable": 1, "port-unreachable": 3,
@@ -47,7 +51,18 @@ REFUSALS = {"reset": None, "net-unreachable": 0, "host-unreachable": 1, "port-un
 
 class Stack:
     def __init__(self, address, *, config: TcpConfig | None = None):
-        self.address = addr_to_int(address)
+        """`address`: the stack's address, or a list of them, at most one per family (IPv4 and
+        IPv6: dual stack); the first is `address`, the one active opens use by default."""
+        given = [address] if isinstance(address, (str, int)) or not hasattr(address, "__iter__") \
+            else list(address)
+        if not given:
+            raise ValueError("a stack needs an address")
+        addresses = tuple(addr_to_int(a) for a in given)
+        if len({a > 0xFFFFFFFF for a in addresses}) != len(addresses):
+            raise ValueError("give at most one address per family (one IPv4, one IPv6)")
+        self.addresses = addresses
+        self._own = frozenset(addresses)
+        self.address = addresses[0]
         self.address_str = int_to_addr(self.address)
         self.config = config or TcpConfig()
         self.out: list[bytes] = []
@@ -64,6 +79,7 @@ class Stack:
         self._requests: dict[int, tuple[Segment, Listener]] = {}  # id -> SYN awaiting admit
         self._requested: dict[tuple[int, int, int, int], int] = {}  # 4-tuple -> request id
         self.forwarding = False  # forward_datagrams: UDP and foreign pings become events
+        self.fragments = Reassembler()  # IPv4 and IPv6; bounded (fragments.py)
         self._timers: list = []  # heap of (deadline, tiebreak, connection or TIME-WAIT entry)
         self._tiebreak = itertools.count()
         self._ids = itertools.count(1)
@@ -85,17 +101,25 @@ class Stack:
         try:
             seg = parse_packet(packet, not checksum_verified)
         except MalformedPacket as exc:
-            self.drops[exc.reason.value] += 1
+            if exc.reason is DropReason.FRAGMENT:
+                self._fragment(packet, now, None)
+            else:
+                self.drops[exc.reason.value] += 1
             return
-        if seg.dst != self.address and self._any is None:
-            self.drops[DropReason.NOT_FOR_US.value] += 1
+        if seg.dst != self.address and seg.dst not in self._own and self._any is None:
+            if seg.dst >> 120 == _V6_MULTICAST:
+                # The kernel's MLD reports and router solicitations on the TUN: no link
+                # layer here to take part in; counted, not worth a warning.
+                self.counters["ipv6_multicast_ignored"] += 1
+            else:
+                self.drops[DropReason.NOT_FOR_US.value] += 1
             return
         if type(seg) is not Segment:
-            self._receive_other(packet, seg, checksum_verified)
+            self._receive_other(packet, seg, checksum_verified, now)
             return
         conn = self._conns.get((seg.src, seg.sport, seg.dst, seg.dport))
         if conn is None:
-            listener = self._listeners.get(seg.dport) if seg.dst == self.address else None
+            listener = self._listeners.get(seg.dport) if seg.dst in self._own else None
             if listener is None:
                 listener = self._any
             if listener is None:
@@ -120,10 +144,17 @@ class Stack:
         if conn.state is not _CLOSED:
             self._arm(conn)
 
-    def _receive_other(self, packet, ip, checksum_verified: bool) -> None:
+    def _receive_other(self, packet, ip, checksum_verified: bool, now: float) -> None:
         try:
+            if type(ip) is IPv6Header:
+                self._receive_v6(packet, ip, checksum_verified, now)
+                return
             if ip.protocol == PROTO_ICMP:
-                if self.forwarding and ip.dst != self.address:
+                if (ip.total_length > ip.header_length
+                        and packet[ip.header_length] in (icmp.UNREACHABLE, icmp.TIME_EXCEEDED)):
+                    self._icmp_error(*icmp.parse_error(packet, ip), now)
+                    return
+                if self.forwarding and ip.dst not in self._own:
                     ident, seq, data = icmp.parse_echo_request(packet, ip)
                     self.counters["icmp_echo_forwarded"] += 1
                     self._events.append(ev.EchoRequested(
@@ -140,6 +171,91 @@ class Stack:
                 self.drops[DropReason.UNSUPPORTED_PROTOCOL.value] += 1
         except MalformedPacket as exc:
             self.drops[exc.reason.value] += 1
+
+    def _receive_v6(self, packet, ip: IPv6Header, checksum_verified: bool, now: float) -> None:
+        if ip.problem is not None:
+            self.drops[DropReason.IPV6_PARAMETER_PROBLEM.value] += 1
+            code, pointer = ip.problem
+            reply = icmpv6.build_param_problem(self._v6_source(ip.dst), packet, code, pointer)
+            if reply is not None:
+                self.out.append(reply)
+            return
+        if ip.fragment is not None:
+            self._fragment(packet, now, ip)
+            return
+        if ip.protocol != icmpv6.PROTO_ICMPV6:
+            self.drops[DropReason.UNSUPPORTED_PROTOCOL.value] += 1
+            return
+        kind, code, body = icmpv6.parse_icmpv6(packet, ip)
+        if kind == icmpv6.ECHO_REQUEST and ip.dst in self._own:
+            ident, seq, data = icmpv6.parse_echo_request6(body)
+            self.out.append(icmpv6.build_echo_reply6(ip.dst, ip.src, ident, seq, data))
+            self.counters["icmp_echo_replies"] += 1
+        elif kind in icmpv6.QUIET_TYPES:
+            self.counters["icmpv6_quiet"] += 1  # router solicitations, MLD, ND: no link here
+        elif kind == icmpv6.PACKET_TOO_BIG:
+            mtu, qsrc, qdst, sport, dport, seq = icmpv6.parse_packet_too_big(body)
+            # RFC 8201 4: never below the minimum link MTU.
+            self._path_mtu(qsrc, qdst, sport, dport, seq, max(mtu, 1280), now)
+        elif kind == icmpv6.DEST_UNREACHABLE:
+            qsrc, qdst, sport, dport, seq = icmpv6.parse_dest_unreachable6(body)
+            self._to_connection(qsrc, qdst, sport, dport, seq, now,
+                                icmpv6.unreachable_errno(code))
+        else:
+            self.drops[DropReason.ICMP_IGNORED.value] += 1
+
+    def _v6_source(self, dst: int) -> int:
+        """Where an ICMPv6 error comes from: the address the packet was sent to if it is ours."""
+        if dst in self._own:
+            return dst
+        try:
+            return self.own_address_for(dst)
+        except ValueError:
+            return dst
+
+    def _fragment(self, packet, now: float, ip6) -> None:
+        """One IP fragment into reassembly; the datagram, once whole, is received anew (its
+        checksums verified then: the device vouched for none of a fragment's)."""
+        try:
+            if ip6 is None:
+                whole = self.fragments.add_v4(packet, now)
+            else:
+                whole = self.fragments.add_v6(packet, ip6.header_length, ip6.fragment[3], now)
+        except MalformedPacket as exc:
+            self.drops[exc.reason.value] += 1
+            return
+        self.counters["fragments"] += 1
+        if whole is not None:
+            self.receive(whole, now)
+
+    def _icmp_error(self, kind, code, mtu, qsrc, qdst, sport, dport, seq, now: float) -> None:
+        if kind == icmp.UNREACHABLE and code == icmp.UNREACH_FRAG_NEEDED:
+            # RFC 1191; no MTU given (an old router): Linux's floor then, as for a tiny one.
+            self._path_mtu(qsrc, qdst, sport, dport, seq, max(mtu, MIN_PMTU_V4), now)
+        elif kind == icmp.UNREACHABLE:
+            self._to_connection(qsrc, qdst, sport, dport, seq, now, icmp.unreachable_errno(code))
+        else:
+            self.counters["icmp_time_exceeded"] += 1
+
+    def _quoted_connection(self, qsrc, qdst, sport, dport, seq):
+        """The connection an ICMP error quotes, if the quote is of a segment it sent (its
+        sequence number within SND.UNA..SND.MAX, as Linux checks: blind errors do nothing)."""
+        conn = None if sport is None else self._conns.get((qdst, dport, qsrc, sport))
+        if (conn is None or type(conn) is TimeWait
+                or ((seq - conn.snd_una) & MASK) > ((conn.snd_max - conn.snd_una) & MASK)):
+            self.drops[DropReason.ICMP_UNMATCHED.value] += 1
+            return None
+        return conn
+
+    def _to_connection(self, qsrc, qdst, sport, dport, seq, now: float, err: int) -> None:
+        conn = self._quoted_connection(qsrc, qdst, sport, dport, seq)
+        if conn is not None:
+            conn.icmp_error(err, now)
+
+    def _path_mtu(self, qsrc, qdst, sport, dport, seq, mtu: int, now: float) -> None:
+        conn = self._quoted_connection(qsrc, qdst, sport, dport, seq)
+        if conn is not None and conn.path_mtu_lowered(mtu, now):
+            self._arm(conn)
 
     def packets_to_send(self, now: float) -> list[bytes]:
         """Everything to write to the device now; the list is the caller's."""
@@ -314,7 +430,11 @@ class Stack:
         listens on every address (listen_any): the peer must route it back here.
         """
         remote = addr_to_int(remote_address)
-        local = self.address if local_address is None else addr_to_int(local_address)
+        local = self.own_address_for(remote) if local_address is None else addr_to_int(
+            local_address)
+        if (local > 0xFFFFFFFF) != (remote > 0xFFFFFFFF):
+            raise ValueError(f"cannot connect from {int_to_addr(local)} to {int_to_addr(remote)}: "
+                             "the address families differ")
         if not 0 < remote_port < 65536:
             raise ValueError(f"port {remote_port} out of range 1..65535")
         if self._live >= self.config.max_connections:
@@ -400,9 +520,10 @@ class Stack:
                              syn.seq, syn.mss, now)
         listener.cookie_sent_at = now
         self.counters["syn_cookies_sent"] += 1
+        mss = cfg.mss - (20 if syn.dst > 0xFFFFFFFF else 0)  # IPv6's header is 20 bytes longer
         self.out.append(build_segment(
             syn.dst, syn.src, syn.dport, syn.sport, cookie, (syn.seq + 1) & MASK,
-            SYN | ACK, min(cfg.receive_buffer, 65535), build_options(mss=cfg.mss), ttl=cfg.ttl,
+            SYN | ACK, min(cfg.receive_buffer, 65535), build_options(mss=mss), ttl=cfg.ttl,
             csum_offload=cfg.tx_checksum_offload))
 
     def _cookie_ack(self, listener: Listener, seg: Segment, now: float) -> bool:
@@ -436,7 +557,7 @@ class Stack:
     def _may_reuse(self, tw: TimeWait, seg: Segment) -> bool:
         # RFC 6191: by timestamps when both incarnations have them, else a SYN beyond the
         # old connection's sequence space (TimeWait.may_reuse).
-        listening = (seg.dport in self._listeners and seg.dst == self.address) or self._any
+        listening = (seg.dport in self._listeners and seg.dst in self._own) or self._any
         return bool(listening) and tw.may_reuse(seg, self.config.timestamps)
 
     # ------------------------------------------------------------ application calls
@@ -561,9 +682,16 @@ class Stack:
         timers = self._timers
         while timers and timers[0][2].armed != timers[0][0]:
             heapq.heappop(timers)  # stale: re-armed earlier or finished
-        return timers[0][0] if timers else None
+        when = timers[0][0] if timers else None
+        if self.fragments.bytes_held:
+            held = self.fragments.next_deadline()
+            if held is not None and (when is None or held < when):
+                when = held
+        return when
 
     def handle_timers(self, now: float) -> None:
+        if self.fragments.bytes_held:
+            self.fragments.expire(now)
         timers = self._timers
         while timers and timers[0][0] <= now:
             deadline, _, obj = heapq.heappop(timers)
@@ -590,6 +718,15 @@ class Stack:
         conn = self._by_id.get(conn_id)
         return State.CLOSED if conn is None else conn.state
 
+    def own_address_for(self, remote: int) -> int:
+        """The stack's address of `remote`'s family (ValueError when it has none)."""
+        v6 = remote > 0xFFFFFFFF
+        for addr in self.addresses:
+            if (addr > 0xFFFFFFFF) == v6:
+                return addr
+        raise ValueError(f"this stack has no IPv{6 if v6 else 4} address to reach "
+                         f"{int_to_addr(remote)} from")
+
     def endpoints(self, conn_id: int) -> tuple[tuple[str, int], tuple[str, int]]:
         """(local, remote) of a connection: addresses and ports."""
         conn = self._get(conn_id)
@@ -605,7 +742,8 @@ class Stack:
             rows.append(row)
         for port, listener in self._listeners.items():
             rows.append({"conn_id": None, "state": str(State.LISTEN),
-                         "local": (self.address_str, port), "remote": ("0.0.0.0", 0),
+                         "local": (self.address_str if len(self.addresses) == 1 else "*", port),
+                         "remote": ("0.0.0.0", 0),
                          "half_open": listener.half_open, "accept_queue": listener.accept_queue,
                          "backlog": listener.backlog, "connections": listener.connections,
                          "max_connections": listener.max_connections})

@@ -109,13 +109,15 @@ async def test_admit_refusing_resets_the_syn(pair):
     assert b.counters["requests_refused_reset"] == 1
 
 
-@pytest.mark.parametrize("exc,reply", [
-    (OSError(errno.EHOSTUNREACH, "no route"), "host-unreachable"),
-    (OSError(errno.ENETUNREACH, "no net"), "net-unreachable"),
-    (PermissionError(errno.EACCES, "filtered"), "admin-prohibited"),
-    (TimeoutError(errno.ETIMEDOUT, "silence"), "none"),
+@pytest.mark.parametrize("exc,reply,seen", [
+    (OSError(errno.EHOSTUNREACH, "no route"), "host-unreachable", errno.EHOSTUNREACH),
+    (OSError(errno.ENETUNREACH, "no net"), "net-unreachable", errno.ENETUNREACH),
+    (PermissionError(errno.EACCES, "filtered"), "admin-prohibited", errno.EHOSTUNREACH),
+    (TimeoutError(errno.ETIMEDOUT, "silence"), "none", None),
 ])
-async def test_admit_failures_are_answered_as_a_router_would(pair, exc, reply):
+async def test_admit_failures_are_answered_as_a_router_would(pair, exc, reply, seen):
+    """The peer (A, usertcp too) sees what Linux's connect() reports for each ICMP error;
+    after silence its SYN retries go on."""
     a, b = pair
 
     async def admit(sockname, peername):
@@ -124,13 +126,20 @@ async def test_admit_failures_are_answered_as_a_router_would(pair, exc, reply):
     await b.start_server(echo, None, admit=admit)
     connecting = asyncio.ensure_future(a.open_connection(FAR, 9))
     for _ in range(100):
-        if b.counters[f"requests_refused_{reply}"]:
+        if b.counters[f"requests_refused_{reply}"] and (seen is None or connecting.done()):
             break
         await asyncio.sleep(0.01)
     assert b.counters[f"requests_refused_{reply}"] == 1
-    connecting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await connecting
+    if seen is None:
+        assert not connecting.done()
+        connecting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await connecting
+    else:
+        with pytest.raises(OSError) as info:
+            await connecting
+        assert info.value.errno == seen
+        assert a.counters["icmp_connect_errors"] == 1
 
 
 async def test_value_of_an_abandoned_admission_is_closed(pair):

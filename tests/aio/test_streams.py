@@ -258,8 +258,14 @@ async def test_close_with_unread_data_resets_the_peer(pair):
 
 async def test_hostnames_are_refused_with_a_clear_error(pair):
     a, _ = pair
-    with pytest.raises(ValueError, match="not an IPv4 address"):
+    with pytest.raises(ValueError, match="not an IP address"):
         await a.open_connection("example.invalid", 80)
+
+
+async def test_an_ipv6_destination_from_an_ipv4_only_stack_is_refused(pair):
+    a, _ = pair
+    with pytest.raises(ValueError, match="no IPv6 address"):
+        await a.open_connection("fd00:7::1", 80)
 
 
 async def test_stack_open_validates_addresses_before_touching_devices():
@@ -267,3 +273,9 @@ async def test_stack_open_validates_addresses_before_touching_devices():
         await Stack.open(tun="utcpx0", address="10.9.0.2", host_address="10.7.0.1/24")
     with pytest.raises(ValueError, match="kernel side's own address"):
         await Stack.open(tun="utcpx0", address="10.7.0.1", host_address="10.7.0.1/24")
+    with pytest.raises(ValueError, match="no host address of its family"):
+        await Stack.open(tun="utcpx0", address=["10.7.0.2", "fd00:7::2"],
+                         host_address="10.7.0.1/24")
+    with pytest.raises(ValueError, match="not inside"):
+        await Stack.open(tun="utcpx0", address=["10.7.0.2", "fd00:8::2"],
+                         host_address=["10.7.0.1/24", "fd00:7::1/64"])

@@ -1072,6 +1072,16 @@ def _receive_one(world: World, packet: bytes, verified: bool) -> None:
         reason = exc.reason.value
     b.receive(packet, world.now, checksum_verified=verified)
     delta = {k: v - drops.get(k, 0) for k, v in b.drops.items() if v != drops.get(k, 0)}
+    if reason == "fragment":
+        # Into reassembly (counted) or refused by it (one drop, by a fragment-* reason); a
+        # datagram it completes is received anew and may be answered.
+        if delta:
+            assert len(delta) == 1 and next(iter(delta)).startswith("fragment"), delta
+        else:
+            assert b.counters["fragments"] == counters["fragments"] + 1
+        world.flush()
+        world.check()
+        return
     if reason is not None:
         assert delta == {reason: 1}, f"parser says {reason}, drops moved by {delta}"
     else:

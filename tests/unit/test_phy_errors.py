@@ -64,7 +64,11 @@ def test_valid_mtu(mtu):
         "10.7.0.255/24",  # broadcast address
         "127.0.0.1/8",
         "224.0.0.1/24",
-        "fd00::1/64",
+        "fd00::/64",  # the subnet-router anycast address
+        "fd00::1/128",
+        "::1/64",
+        "ff02::1/64",
+        "::ffff:10.0.0.1/96",  # IPv4-mapped
         "",
         None,
         "10.7.0.1/24/3",
@@ -82,9 +86,14 @@ def test_configure_validates_before_touching_netlink():
         configure_host_side("utcpnosuch0", "10.7.0.1", 1500)
     with pytest.raises(InvalidMTU):
         configure_host_side("utcpnosuch0", "10.7.0.1/24", 10)
+    with pytest.raises(InvalidAddress, match="below IPv6's minimum"):
+        configure_host_side("utcpnosuch0", ["10.7.0.1/24", "fd00:7::1/64"], 1279)
+    with pytest.raises(InvalidAddress, match="one host address per family"):
+        configure_host_side("utcpnosuch0", ["10.7.0.1/24", "10.8.0.1/24"], 1500)
 
 
-@pytest.mark.parametrize("text", ["10.7.0.1/24", "192.168.50.2/30", "10.0.0.1/31", " 10.7.0.1/24 "])
+@pytest.mark.parametrize("text", ["10.7.0.1/24", "192.168.50.2/30", "10.0.0.1/31", " 10.7.0.1/24 ",
+                                  "fd00:7::1/64", "2001:db8::2/127"])
 def test_good_addresses(text):
     iface = parse_host_address(text)
     assert str(iface) == text.strip()

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import errno
 import ipaddress
+import os
 import secrets
 from typing import Callable
 
@@ -23,7 +24,7 @@ from ..tcp import events as ev
 from ..tcp.config import TcpConfig
 from ..tcp.state import State
 from ..wire.errors import DropReason
-from ..wire.ipv4 import addr_to_int
+from ..wire.ipv4 import addr_to_int, int_to_addr
 from .server import Server
 from .transport import TcpTransport
 
@@ -53,6 +54,7 @@ class Stack:
         self.device = device
         self.core = CoreStack(address, config=cfg)
         self.address = self.core.address_str
+        self.addresses = [int_to_addr(a) for a in self.core.addresses]
         self.config = cfg
         self.log = logger or structlog.get_logger("usertcp").bind(addr=self.address)
         self.blocked: set[TcpTransport] = set()  # transports with bytes waiting for buffer space
@@ -158,13 +160,13 @@ class Stack:
         """
         self._check_open()
         try:
-            remote = str(ipaddress.IPv4Address(host))
+            remote = str(ipaddress.ip_address(host))
         except ValueError:
-            raise ValueError(f"{host!r} is not an IPv4 address (usertcp does no name lookups)")
+            raise ValueError(f"{host!r} is not an IP address (usertcp does no name lookups)")
         conn_id = self.core.connect(remote, port, self.now(), local_port=local_port,
                                     local_address=local_address)
         fut = self.loop.create_future()
-        self._connecting[conn_id] = (fut, protocol_factory, (remote, port))
+        self._connecting[conn_id] = (fut, protocol_factory, sockaddr(remote, port))
         self.schedule_flush()
         try:
             return await fut
@@ -376,7 +378,8 @@ class Stack:
                 transport = transports.get(event.conn_id)
                 if transport is not None:
                     transport.peer_closed()
-            elif kind is ev.ConnectionReset or kind is ev.ConnectionTimedOut:
+            elif (kind is ev.ConnectionReset or kind is ev.ConnectionTimedOut
+                  or kind is ev.ConnectionUnreachable):
                 self._failed(event)
             elif kind is ev.ConnectionClosed:
                 if self._admitted:
@@ -394,7 +397,8 @@ class Stack:
             return
         protocol = server.protocol_factory()
         transport = TcpTransport(self, event.conn_id, protocol,
-                                 (event.local_address, event.local_port), event.remote, admitted)
+                                 sockaddr(event.local_address, event.local_port),
+                                 sockaddr(*event.remote), admitted)
         self._transports[event.conn_id] = transport
         server.attach(transport)
         protocol.connection_made(transport)
@@ -411,7 +415,7 @@ class Stack:
     async def _admit(self, server: Server, event: ev.ConnectionRequested) -> None:
         rid = event.conn_id
         try:
-            value = await server.admit(event.local, event.remote)
+            value = await server.admit(sockaddr(*event.local), sockaddr(*event.remote))
         except asyncio.CancelledError:
             if not self._closed:
                 self._answer(rid, "reset")
@@ -452,7 +456,7 @@ class Stack:
             return
         local, _ = self.core.endpoints(event.conn_id)
         protocol = factory()
-        transport = TcpTransport(self, event.conn_id, protocol, local, remote)
+        transport = TcpTransport(self, event.conn_id, protocol, sockaddr(*local), remote)
         self._transports[event.conn_id] = transport
         protocol.connection_made(transport)
         fut.set_result((transport, protocol))
@@ -462,10 +466,14 @@ class Stack:
         timed_out = type(event) is ev.ConnectionTimedOut
         pending = self._connecting.pop(event.conn_id, None)
         if pending is not None:
-            fut, _, (host, port) = pending
+            fut, _, (host, port, *_) = pending
             if not fut.done():
                 if timed_out:
                     fut.set_exception(TimeoutError(f"connect to {host}:{port} timed out"))
+                elif type(event) is ev.ConnectionUnreachable:
+                    # OSError picks the subclass: ConnectionRefusedError for ECONNREFUSED.
+                    fut.set_exception(OSError(event.errno, f"connect to {host}:{port}: "
+                                                           f"{os.strerror(event.errno)}"))
                 else:
                     fut.set_exception(ConnectionRefusedError(
                         111, f"connection to {host}:{port} refused"))
@@ -523,6 +531,11 @@ class Stack:
                 seen[reason] = count
 
 
+def sockaddr(host: str, port: int, *_) -> tuple:
+    """As asyncio gives them: (host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6."""
+    return (host, port, 0, 0) if ":" in host else (host, port)
+
+
 def _refusal_for(exc: BaseException) -> str:
     """How to turn a SYN down when admit raised `exc`: what a router would send."""
     if isinstance(exc, ConnectionRefusedError):
@@ -571,13 +584,27 @@ class _Opener:
         from ..phy.netlink import parse_host_address
 
         cls, tun, address, host_address, mtu, config, pcap, fault, offload, routes = self._args
-        host_iface = parse_host_address(host_address)
-        addr = ipaddress.IPv4Address(addr_to_int(address))
-        if addr not in host_iface.network:
-            raise ValueError(f"address {addr} is not inside the host side's network "
-                             f"{host_iface.network}: the kernel would not route it to {tun}")
-        if addr == host_iface.ip:
-            raise ValueError(f"address {addr} is the kernel side's own address")
+        addresses = [address] if isinstance(address, str) else list(address)
+        host_addresses = [host_address] if isinstance(host_address, str) else list(host_address)
+        hosts = {iface.version: iface for iface in map(parse_host_address, host_addresses)}
+        stack_addresses = []
+        for text in addresses:
+            try:
+                addr = ipaddress.ip_address(text.strip() if isinstance(text, str) else text)
+            except ValueError:
+                raise ValueError(f"malformed address {text!r}: expected an IPv4 or IPv6 "
+                                 f"address, e.g. 10.7.0.2 or fd00:7::2") from None
+            host_iface = hosts.get(addr.version)
+            if host_iface is None:
+                raise ValueError(f"address {addr} has no host address of its family: give a "
+                                 f"--host-address such as "
+                                 f"{'fd00:7::1/64' if addr.version == 6 else '10.7.0.1/24'}")
+            if addr not in host_iface.network:
+                raise ValueError(f"address {addr} is not inside the host side's network "
+                                 f"{host_iface.network}: the kernel would not route it to {tun}")
+            if addr == host_iface.ip:
+                raise ValueError(f"address {addr} is the kernel side's own address")
+            stack_addresses.append(str(addr))
         device = TunDevice(tun, mtu, offload=offload)
         try:
             # pyroute2 runs an event loop of its own: keep it off this one.
@@ -587,7 +614,7 @@ class _Opener:
                 device = FaultInjector(device, **fault)
             if pcap:
                 device = PcapWriter(device, pcap)
-            self._stack = cls(device, str(addr), config=config)
+            self._stack = cls(device, stack_addresses, config=config)
         except BaseException:
             device.close()
             raise

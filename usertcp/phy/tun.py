@@ -116,7 +116,8 @@ class TunDevice:
             # Kernel MTU must match ours, or the kernel sends packets we reject.
             self._tun.mtu = mtu
             if offload:
-                fcntl.ioctl(self._fd, vnet.TUNSETOFFLOAD, vnet.TUN_F_CSUM | vnet.TUN_F_TSO4)
+                fcntl.ioctl(self._fd, vnet.TUNSETOFFLOAD,
+                            vnet.TUN_F_CSUM | vnet.TUN_F_TSO4 | vnet.TUN_F_TSO6)
         except OSError as exc:
             self.close()
             if exc.errno in (errno.EPERM, errno.EACCES):

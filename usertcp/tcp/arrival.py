@@ -315,7 +315,7 @@ class Arrival:
         # ACK every second segment, or two MSS worth of bytes: a device
         # with receive offload hands up one segment of up to 64 KB.
         cfg = self.cfg
-        if (self.unacked_segments >= 2 or plen >= 2 * (cfg.mss - self.ts_len)
+        if (self.unacked_segments >= 2 or plen >= 2 * (self.mss_own - self.ts_len)
                 or not cfg.delayed_ack or self.ack_now):
             self.ack_now = True
         elif self.delack_at is None:

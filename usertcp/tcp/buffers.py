@@ -43,7 +43,7 @@ class Buffers:
             # A window update when reading opened the window enough to matter.
             adv = (self.rcv_adv - self.rcv_nxt) & MASK
             space = self.cfg.receive_buffer - len(buf)
-            if space - adv >= min(self.cfg.receive_buffer >> 1, 2 * self.cfg.mss):
+            if space - adv >= min(self.cfg.receive_buffer >> 1, 2 * self.mss_own):
                 self.ack_now = True
                 self._mark()
         return data
@@ -60,7 +60,7 @@ class Buffers:
         current = (adv - rcv_nxt) & MASK
         if current >= HALF:  # stale edge behind RCV.NXT (cannot happen once synchronized)
             current = 0
-        if space - current >= min(self.cfg.receive_buffer >> 1, self.cfg.mss) or space == current:
+        if space - current >= min(self.cfg.receive_buffer >> 1, self.mss_own) or space == current:
             field = space >> self.rcv_wscale
             if field > 65535:
                 field = 65535

@@ -44,11 +44,14 @@ if TYPE_CHECKING:
     from .host import Host
 
 _DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1, when the SYN carries no MSS option
+_DEFAULT_PEER_MSS6 = 1220  # RFC 8200 5: IPv6's minimum MTU less 60
+_V6_HEADER_EXTRA = 20  # an IPv6 header is 20 bytes longer than IPv4's: an MSS 20 smaller
 
 
 class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
     __slots__ = (
         "host", "cfg", "id", "local", "lport", "remote", "rport", "key", "state", "listener",
+        "mss_own",
         "app_closed", "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2",
         "max_snd_wnd", "snd_wscale", "rcv_wscale", "snd_mss", "sndbuf", "buf_seq", "fin_queued",
         "irs", "rcv_nxt", "rcv_adv", "rcvbuf", "ooo", "ooo_fin", "peer_fin", "cwnd", "ssthresh",
@@ -95,7 +98,9 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
         self.max_snd_wnd = 0
         self.snd_wscale = 0
         self.rcv_wscale = 0
-        self.snd_mss = min(_DEFAULT_PEER_MSS, cfg.mss)
+        # TcpConfig.mss is for IPv4 (MTU - 40); IPv6 takes 20 more header bytes.
+        self.mss_own = cfg.mss if self.local < 0x100000000 else cfg.mss - _V6_HEADER_EXTRA
+        self.snd_mss = min(self.default_peer_mss(), self.mss_own)
         self.sndbuf = bytearray()
         self.buf_seq = (iss + 1) & MASK  # sequence number of sndbuf[0]
         self.fin_queued = False
@@ -210,7 +215,7 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
         if ts_ok:
             self.ts_recent = seg.ts_val
             self.ts_recent_age = self.clock
-        self.snd_mss = max(min(seg.mss if seg.mss else _DEFAULT_PEER_MSS, cfg.mss)
+        self.snd_mss = max(min(seg.mss if seg.mss else self.default_peer_mss(), self.mss_own)
                            - self.ts_len, 1)
         if cfg.window_scale and seg.wscale is not None:
             self.snd_wscale = min(seg.wscale, 14)
@@ -238,6 +243,40 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
         self.cc.on_init(self, now)
         self.cwnd, self.ssthresh = cwnd, ssthresh
 
+    def icmp_error(self, err: int, now: float) -> None:
+        """An ICMP destination unreachable about this connection. As Linux: fatal for our
+        SYN (connect() fails with `err`); for a synchronized connection a soft error, counted,
+        that leaves the retransmission timer to decide."""
+        if self.state is SYN_SENT:
+            self.host.count("icmp_connect_errors")
+            self._finish(ev.ConnectionUnreachable(self.id, err), "icmp unreachable", now)
+        else:
+            self.host.count("icmp_soft_errors")
+
+    def path_mtu_lowered(self, mtu: int, now: float) -> bool:
+        """A Packet Too Big / fragmentation needed said the path carries `mtu` bytes (RFC 8201,
+        RFC 1191): segments shrink to fit, and what is in flight (too big, so lost) is sent
+        again at once, without a congestion response (no congestion lost it). True when the
+        MSS went down."""
+        fits = mtu - (60 if self.local > 0xFFFFFFFF else 40) - self.ts_len
+        if fits >= self.snd_mss or fits < 1:
+            return False
+        self.snd_mss = fits
+        self.host.count("pmtu_lowered")
+        if self.snd_max != self.snd_una and self.state not in (SYN_SENT, SYN_RECEIVED):
+            self.rtt_seq = None  # Karn: what follows is retransmission
+            if self.board is not None:
+                self.in_loss = True
+                self.frto = False
+                self.recover = self.snd_max
+                self.board.mark_all_lost()
+                self.tlp.reset()
+                self.tlp_at = self.reo_at = None
+            else:
+                self.snd_nxt = self.snd_una  # go back: everything past SND.UNA again
+        self._mark()
+        return True
+
     def fin_acked(self) -> bool:
         # Once all data is acknowledged the FIN sits at BUF_SEQ.
         return self.fin_queued and not self.sndbuf and self.snd_una == (self.buf_seq + 1) & MASK
@@ -254,6 +293,9 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
         self.snd_nxt = self.snd_max = (self.iss + 1) & MASK
         self.rtt_seq, self.rtt_time = self.iss, now
         self.rto_at = now + self.rtt.rto
+
+    def default_peer_mss(self) -> int:
+        return _DEFAULT_PEER_MSS if self.local < 0x100000000 else _DEFAULT_PEER_MSS6
 
     def open_passive(self, syn: Segment, now: float) -> None:
         """From LISTEN: a SYN arrived for our port (RFC 9293 3.10.7.2)."""
@@ -285,7 +327,7 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
         self.irs = (ack.seq - 1) & MASK
         self.rcv_nxt = ack.seq
         self.rcv_adv = (ack.seq + min(cfg.receive_buffer, 65535)) & MASK
-        self.snd_mss = min(mss, cfg.mss)
+        self.snd_mss = min(mss, self.mss_own)
         self.snd_wscale = 0
         self.rcv_wscale = 0
         self._recovery_init()

@@ -73,6 +73,13 @@ class ConnectionReset(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionUnreachable(Event):
+    """An ICMP error ended our SYN: `errno` as Linux's connect() reports it."""
+
+    errno: int
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionTimedOut(Event):
     """Retransmissions (or keepalive probes) gave up."""
 

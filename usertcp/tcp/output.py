@@ -90,7 +90,7 @@ class Output:
         else:
             sack = self.sack_ok
             ts = (self._ts_now(), self.ts_recent) if self.ts_ok else None
-        return build_options(mss=cfg.mss, wscale=wscale, sack_permitted=sack, timestamp=ts)
+        return build_options(mss=self.mss_own, wscale=wscale, sack_permitted=sack, timestamp=ts)
 
     def _send_syn(self) -> None:
         self._xmit(SYN, self.iss, options=self._syn_options(None))
@@ -99,7 +99,7 @@ class Output:
         if syn is None:  # a retransmission: echo window scaling only if the peer's SYN had it
             scaled = self.rcv_wscale or self.snd_wscale  # both 0 reads the same as none
             options = build_options(
-                mss=self.cfg.mss, wscale=self.rcv_wscale if scaled else None,
+                mss=self.mss_own, wscale=self.rcv_wscale if scaled else None,
                 sack_permitted=self.sack_ok,
                 timestamp=(self._ts_now(), self.ts_recent) if self.ts_ok else None)
         else:
@@ -154,7 +154,7 @@ class Output:
         # the peer's MSS is no smaller than ours.
         # (An MTU near 64 KB leaves room for no more than one MSS.)
         chunk = (cfg.tso_max // mss * mss if cfg.tso_max > mss
-                 and self.snd_mss + self.ts_len == cfg.mss else mss)
+                 and self.snd_mss + self.ts_len == self.mss_own else mss)
         buflen = len(view)
         sent_any = False
         flags_base = ACK

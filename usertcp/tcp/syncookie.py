@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import hashlib
 
+from .isn import addr_bytes
+
 SLOT_SECONDS = 64.0
 MSS_TABLE = (536, 1220, 1440, 1460)
 _PERSON = b"syncook"
@@ -36,7 +38,7 @@ _PERSON = b"syncook"
 
 def _mac(secret: bytes, local: int, lport: int, remote: int, rport: int, peer_isn: int,
          slot: int, index: int) -> int:
-    msg = (local.to_bytes(4, "big") + lport.to_bytes(2, "big") + remote.to_bytes(4, "big")
+    msg = (addr_bytes(local) + lport.to_bytes(2, "big") + addr_bytes(remote)
            + rport.to_bytes(2, "big") + peer_isn.to_bytes(4, "big")
            + (slot & 0xFFFFFFFF).to_bytes(4, "big") + bytes((index,)))
     digest = hashlib.blake2s(msg, key=secret[:32] if secret else b"\0", digest_size=4,

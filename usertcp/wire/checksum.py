@@ -59,8 +59,17 @@ def internet_checksum(data) -> int:
     return finish(x << 8 if len(data) & 1 else x)
 
 
+_ADDR128 = (1 << 128) - 1  # strips ipv6.V6, the family tag (bit 128)
+
+
 def pseudo_header_sum(src: int, dst: int, protocol: int, length: int) -> int:
-    """Unreduced word sum of the IPv4 pseudo-header (addresses as 32-bit ints)."""
+    """Unreduced word sum of the IPv4 or the IPv6 pseudo-header (RFC 8200 8.1).
+
+    IPv4 addresses are 32-bit ints; IPv6 ones carry the V6 tag, which is stripped. An IPv6
+    address is added whole: 2**16 == 1 (mod 0xFFFF), so it is congruent to its words' sum.
+    """
+    if src > 0xFFFFFFFF:
+        return (src & _ADDR128) + (dst & _ADDR128) + protocol + length
     return (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + protocol + length
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import struct
 
 from .checksum import finish, word_sum
@@ -114,3 +115,46 @@ def build_unreachable(src: int, original, code: int, *, mtu: int = 0) -> bytes |
     csum = finish(_from(_UNREACH.pack(UNREACHABLE, code, 0, 0, mtu), "big") + _unreduced_sum(quote))
     message = b"".join((_UNREACH.pack(UNREACHABLE, code, csum, 0, mtu), quote))
     return build_ipv4(src, _from(original[12:16], "big"), PROTO_ICMP, message)
+
+
+# --- errors about what the stack sent ---------------------------------------------------------------
+
+TIME_EXCEEDED = 11
+
+
+def parse_error(packet, ip: IPv4Header):
+    """(type, code, next_hop_mtu, quoted_src, quoted_dst, sport, dport, seq) of a destination
+    unreachable (3) or time exceeded (11) about a TCP segment; ports and seq None when the quote
+    is too short, MalformedPacket when it is no such error or not about TCP."""
+    start, end = ip.header_length, ip.total_length
+    if end - start < 8 + 20:
+        raise MalformedPacket(DropReason.ICMP_TRUNCATED)
+    msg = memoryview(packet)[start:end]
+    if word_sum(msg):
+        raise MalformedPacket(DropReason.BAD_ICMP_CHECKSUM)
+    icmp_type, code = msg[0], msg[1]
+    if icmp_type not in (UNREACHABLE, TIME_EXCEEDED):
+        raise MalformedPacket(DropReason.ICMP_IGNORED, f"type {icmp_type}")
+    mtu = (msg[6] << 8) | msg[7]
+    quote = msg[8:]
+    qhl = (quote[0] & 15) * 4
+    if quote[0] >> 4 != 4 or qhl < 20 or quote[9] != 6:
+        raise MalformedPacket(DropReason.ICMP_IGNORED, "not about TCP")
+    qsrc = _from(quote[12:16], "big")
+    qdst = _from(quote[16:20], "big")
+    if len(quote) < qhl + 8:
+        return icmp_type, code, mtu, qsrc, qdst, None, None, None
+    sport, dport, seq = struct.unpack_from("!HHI", quote, qhl)
+    return icmp_type, code, mtu, qsrc, qdst, sport, dport, seq
+
+
+# What Linux's connect() reports for each unreachable code (icmp_err_convert).
+_UNREACH_ERRNO = {0: errno.ENETUNREACH, 1: errno.EHOSTUNREACH, 2: errno.ENOPROTOOPT,
+                  3: errno.ECONNREFUSED, 5: errno.EOPNOTSUPP, 6: errno.ENETUNREACH,
+                  7: errno.EHOSTDOWN, 9: errno.ENETUNREACH, 10: errno.EHOSTUNREACH,
+                  11: errno.ENETUNREACH, 12: errno.EHOSTUNREACH, 13: errno.EHOSTUNREACH,
+                  14: errno.EHOSTUNREACH, 15: errno.EHOSTUNREACH}
+
+
+def unreachable_errno(code: int) -> int:
+    return _UNREACH_ERRNO.get(code, errno.EHOSTUNREACH)

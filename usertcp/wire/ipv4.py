@@ -1,4 +1,7 @@
-"""IPv4 header: parse (validate) and build. Addresses are 32-bit ints inside."""
+"""IPv4 header: parse (validate) and build. Addresses are 32-bit ints inside.
+
+addr_to_int/int_to_addr serve both families (IPv6 ints carry the ipv6.V6 tag).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import struct
 
 from .checksum import finish
 from .errors import DropReason, MalformedPacket
+from .ipv6 import V6
+from .ipv6 import addr_text as ipv6_text
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
@@ -18,16 +23,29 @@ _from = int.from_bytes
 
 
 def addr_to_int(address) -> int:
-    """Accept a dotted string, an IPv4Address or an int."""
+    """An address int from text, an IPv4Address/IPv6Address or an int (returned as is).
+
+    IPv4 is the 32-bit value; IPv6 ("fd00:7::2", "::ffff:10.0.0.1" included) the 128-bit value
+    tagged with V6. A scope ("fe80::1%eth0") is not part of the int.
+    """
     if isinstance(address, int):
         return address
+    if isinstance(address, ipaddress.IPv6Address) or (isinstance(address, str)
+                                                      and ":" in address):
+        try:
+            return int(ipaddress.IPv6Address(address)) | V6
+        except ipaddress.AddressValueError as exc:
+            raise ValueError(f"not an IPv6 address: {address!r}") from exc
     try:
         return int(ipaddress.IPv4Address(address))
     except ipaddress.AddressValueError as exc:
-        raise ValueError(f"not an IPv4 address: {address!r}") from exc
+        raise ValueError(f"not an IPv4 or IPv6 address: {address!r}") from exc
 
 
 def int_to_addr(value: int) -> str:
+    """Dotted quad for IPv4; compressed text (RFC 5952) for a V6-tagged int."""
+    if value > 0xFFFFFFFF:
+        return ipv6_text(value)
     return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
 
 

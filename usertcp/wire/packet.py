@@ -1,7 +1,8 @@
 """One entry point for the receive path: bytes in, a Segment (or header) out.
 
-The usual packet (IHL 5, TCP, not a fragment) is parsed from a single struct
-unpack of both fixed headers; anything else takes the general, slower path.
+The usual packet (IHL 5, TCP, not a fragment; or IPv6 with TCP right after its
+header) is parsed from a single struct unpack of both fixed headers; anything else
+takes the general, slower path, which also names the reason for every drop.
 """
 
 from __future__ import annotations
@@ -9,20 +10,29 @@ from __future__ import annotations
 from .checksum import reduce
 from .errors import DropReason, MalformedPacket
 from .ipv4 import IPv4Header, parse_ipv4
-from .tcp import _PACKET, _TS_WORD, FIN, RST, SYN, Segment, _parse_options, _unpack_ts3, parse_tcp
+from .ipv6 import V6, IPv6Header, parse_ipv6
+from .tcp import (_PACKET, _PACKET6, _TS_WORD, FIN, RST, SYN, Segment, _parse_options,
+                  _unpack_ts3, parse_tcp)
 
 _unpack_packet = _PACKET.unpack_from
+_unpack_packet6 = _PACKET6.unpack_from
 _from = int.from_bytes
 
 
 def parse_packet(packet, verify_checksum: bool = True):
-    """Validate `packet`; return a Segment for TCP, else the IPv4Header.
+    """Validate `packet`; return a Segment for TCP, else the IPv4Header or IPv6Header.
+
+    An IPv6 packet is a Segment only when it is TCP, not a fragment and raises no Parameter
+    Problem; otherwise its IPv6Header goes to the stack, which decides about ICMPv6,
+    reassembly and problems.
 
     Raises MalformedPacket with a named reason. `verify_checksum=False` is for
     devices that have already verified checksums (virtio-net DATA_VALID).
     """
     n = len(packet)
     if n < 40 or packet[0] != 0x45:
+        if n >= 60 and packet[0] >> 4 == 6 and packet[6] == 6:
+            return _tcp6(packet, n, verify_checksum)
         return _slow(packet, verify_checksum)
     (_vihl, tos, total, ident, frag, ttl, proto, csum, src, dst, sport, dport, seq, ack, doff,
      flags, window, _tcsum, urgent) = _unpack_packet(packet)
@@ -68,7 +78,50 @@ def parse_packet(packet, verify_checksum: bool = True):
     return seg
 
 
+def _tcp6(packet, n: int, verify_checksum: bool):
+    """TCP right after the IPv6 header: one unpack of both fixed headers, as for IPv4. Anything
+    unusual goes to the general path, which names the reason."""
+    (_word, plen, _nh, _hop, s_hi, s_lo, d_hi, d_lo, sport, dport, seq, ack, doff, flags, window,
+     _tcsum, urgent) = _unpack_packet6(packet)
+    total = 40 + plen
+    hlen = (doff >> 4) << 2
+    # ipv6.bad_source inlined, with the unspecified address (never a TCP source) added.
+    if (total > n or hlen < 20 or hlen > plen or s_hi >> 56 == 0xFF
+            or (not s_hi and (s_lo <= 1 or s_lo >> 32 == 0xFFFF))
+            or not sport or not dport or flags & SYN and flags & (FIN | RST)):
+        return _slow(packet, verify_checksum)
+    src = (s_hi << 64) | s_lo
+    dst = (d_hi << 64) | d_lo
+    view = memoryview(packet)
+    if verify_checksum:
+        words = _from(view[40:total], "big")
+        if plen & 1:
+            words <<= 8
+        # Whole addresses: 2**16 == 1 (mod 0xFFFF), as in pseudo_header_sum.
+        if (reduce(words) + src + dst + 6 + plen) % 0xFFFF:
+            raise MalformedPacket(DropReason.BAD_TCP_CHECKSUM)
+    data_start = 40 + hlen
+    seg = Segment(src | V6, dst | V6, sport, dport, seq, ack, flags, window, urgent,
+                  view[data_start:total] if data_start < total else b"")
+    if hlen > 20:
+        if hlen == 32:
+            head, ts_val, ts_ecr = _unpack_ts3(packet, 60)
+            if head == _TS_WORD:
+                seg.ts_val = ts_val
+                seg.ts_ecr = ts_ecr
+            else:
+                _parse_options(packet, 60, data_start, seg)
+        else:
+            _parse_options(packet, 60, data_start, seg)
+    return seg
+
+
 def _slow(packet, verify_checksum: bool):
+    if packet and packet[0] >> 4 == 6:
+        ip6: IPv6Header = parse_ipv6(packet)
+        if ip6.protocol == 6 and ip6.fragment is None and ip6.problem is None:
+            return parse_tcp(packet, ip6, verify_checksum)
+        return ip6
     ip: IPv4Header = parse_ipv4(packet)
     if ip.protocol == 6:
         return parse_tcp(packet, ip, verify_checksum)

@@ -1,4 +1,4 @@
-"""TCP header and options: parse (validate) and build, IPv4 only.
+"""TCP header and options: parse (validate) and build, over IPv4 or IPv6.
 
 The receive path is the hot path: one struct unpack for the fixed header, a
 fast path for the usual timestamp-only option block, and the checksum summed
@@ -13,6 +13,7 @@ from .checksum import finish, pseudo_header_sum, reduce
 from .errors import DropReason, MalformedPacket
 from .ipv4 import HEADER as IP_HEADER
 from .ipv4 import PROTO_TCP, IPv4Header
+from .ipv6 import ADDR_MASK, IPv6Header
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 
@@ -25,6 +26,9 @@ _TS = struct.Struct("!II")
 _unpack_ts = _TS.unpack_from
 _PACKET = struct.Struct("!BBHHHBBHIIHHIIBBHHH")  # IPv4 (no options) + TCP fixed header
 _pack_packet = _PACKET.pack
+_PACKET6 = struct.Struct("!IHBBQQQQHHIIBBHHH")  # IPv6 (no extension headers) + TCP fixed header
+_pack_packet6 = _PACKET6.pack
+_M64 = (1 << 64) - 1
 _from = int.from_bytes
 _TS_FAST = b"\x01\x01\x08\x0a"  # NOP NOP TS(10): the layout Linux sends on every segment
 _TS_WORD = 0x0101080A  # the same as one word, read with the values: _unpack_ts3
@@ -40,7 +44,7 @@ def flags_str(flags: int) -> str:
 
 
 class Segment:
-    """A parsed TCP segment. Addresses are 32-bit ints; `window` is unscaled."""
+    """A parsed TCP segment. Addresses are ints (IPv6 ones V6-tagged); `window` is unscaled."""
 
     __slots__ = ("src", "dst", "sport", "dport", "seq", "ack", "flags", "window", "urgent",
                  "payload", "mss", "wscale", "sack_permitted", "sack_blocks", "ts_val",
@@ -114,7 +118,7 @@ def _parse_options(buf, i: int, end: int, seg: Segment) -> None:
         i += length
 
 
-def parse_tcp(packet, ip: IPv4Header, verify_checksum: bool = True) -> Segment:
+def parse_tcp(packet, ip: IPv4Header | IPv6Header, verify_checksum: bool = True) -> Segment:
     """Validate and parse the TCP segment carried in `packet` after `ip`."""
     off = ip.header_length
     total = ip.total_length
@@ -176,11 +180,15 @@ def build_options(*, mss=None, wscale=None, sack_permitted=False, timestamp=None
 def build_segment(src: int, dst: int, sport: int, dport: int, seq: int, ack: int, flags: int,
                   window: int, options: bytes = b"", payload=b"", *, ident: int = 0,
                   ttl: int = 64, csum_offload: bool = False) -> bytes:
-    """A complete IPv4 packet (no IP options, DF set) carrying one TCP segment.
+    """A complete IPv4 packet (no IP options, DF set) carrying one TCP segment, or an IPv6
+    packet (no extension headers, hop limit `ttl`, no `ident`) when the addresses are V6-tagged.
 
     With `csum_offload`, the TCP checksum field holds the pseudo-header sum and
     the device completes it (virtio-net NEEDS_CSUM convention).
     """
+    if src > 0xFFFFFFFF:
+        return _build_segment6(src, dst, sport, dport, seq, ack, flags, window, options,
+                               payload, ttl, csum_offload)
     olen = len(options)
     plen = len(payload)
     tcp_len = 20 + olen + plen
@@ -188,7 +196,8 @@ def build_segment(src: int, dst: int, sport: int, dport: int, seq: int, ack: int
     hdr = _pack_packet(0x45, 0, total, ident, 0x4000, ttl, PROTO_TCP, 0, src, dst,
                        sport, dport, seq, ack, (20 + olen) << 2, flags, window, 0, 0)
     ip_sum = _from(hdr[:20], "big")
-    pseudo = pseudo_header_sum(src, dst, PROTO_TCP, tcp_len)
+    # Congruent (mod 0xFFFF) to pseudo_header_sum and never 0, so the same checksum; cheaper.
+    pseudo = src + dst + PROTO_TCP + tcp_len
     if csum_offload:
         tcp_csum = pseudo % 0xFFFF
     else:
@@ -203,4 +212,28 @@ def build_segment(src: int, dst: int, sport: int, dport: int, seq: int, ack: int
     return b"".join((hdr, options, payload)) if (olen or plen) else hdr
 
 
-assert IP_HEADER.size == 20 and _PACKET.size == 40
+def _build_segment6(src, dst, sport, dport, seq, ack, flags, window, options, payload,
+                    hop_limit, csum_offload) -> bytes:
+    olen = len(options)
+    plen = len(payload)
+    tcp_len = 20 + olen + plen
+    s = src & ADDR_MASK
+    d = dst & ADDR_MASK
+    hdr = _pack_packet6(0x60000000, tcp_len, PROTO_TCP, hop_limit, s >> 64, s & _M64, d >> 64,
+                        d & _M64, sport, dport, seq, ack, (20 + olen) << 2, flags, window, 0, 0)
+    # Whole addresses: 2**16 == 1 (mod 0xFFFF), so each is congruent to the sum of its words.
+    pseudo = s + d + PROTO_TCP + tcp_len
+    if csum_offload:
+        tcp_csum = pseudo % 0xFFFF
+    else:
+        total_sum = pseudo + _from(hdr[40:], "big")
+        if olen:
+            total_sum += _from(options, "big")
+        if plen:
+            total_sum += reduce(_from(payload, "big") << 8 if plen & 1 else _from(payload, "big"))
+        tcp_csum = finish(total_sum)
+    hdr = b"".join((hdr[:56], tcp_csum.to_bytes(2, "big"), hdr[58:]))
+    return b"".join((hdr, options, payload)) if (olen or plen) else hdr
+
+
+assert IP_HEADER.size == 20 and _PACKET.size == 40 and _PACKET6.size == 60
