@@ -175,7 +175,9 @@ def _addresses(args) -> tuple[list[str], list[str]]:
     """--address and --host-address, each once per family; the kernel side's address of a
     family given only for the stack defaults to the documentation pair (10.7.0.1/24,
     fd00:7::1/64)."""
-    addresses = args.address or ["10.7.0.2"]
+    # `connect` to an IPv6 literal needs an IPv6 address of its own by default.
+    default = "fd00:7::2" if ":" in (getattr(args, "host", None) or "") else "10.7.0.2"
+    addresses = args.address or [default]
     hosts = list(args.host_address or [])
     have = {":" in h for h in hosts}
     for a in addresses:

@@ -226,6 +226,7 @@ class Stack:
             return
         self.counters["fragments"] += 1
         if whole is not None:
+            self.counters["reassembled"] += 1
             self.receive(whole, now)
 
     def _icmp_error(self, kind, code, mtu, qsrc, qdst, sport, dport, seq, now: float) -> None:

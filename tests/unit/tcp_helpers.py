@@ -27,6 +27,19 @@ __all__ = [
 
 LOCAL = "10.0.0.1"
 REMOTE = "10.0.0.2"
+FAMILIES = {4: ("10.0.0.1", "10.0.0.2"), 6: ("fd00::1", "fd00::2")}
+
+
+@pytest.fixture(params=[4, 6], ids=["ipv4", "ipv6"])
+def family(request, monkeypatch):
+    """Run a test's ladder over IPv4 and again over IPv6: LOCAL and REMOTE (read when used,
+    so a test module names them through tcp_helpers) become the family's pair."""
+    import tcp_helpers
+
+    local, remote = FAMILIES[request.param]
+    monkeypatch.setattr(tcp_helpers, "LOCAL", local)
+    monkeypatch.setattr(tcp_helpers, "REMOTE", remote)
+    return request.param
 MASK = 0xFFFFFFFF
 SECRET = b"unit-test-secret"
 
@@ -189,9 +202,9 @@ class Peer:
     """
 
     def __init__(self, stack: Stack, *, port: int = 40000, stack_port: int = 80,
-                 addr: str = REMOTE, iss: int = 5000, window: int = 65535):
+                 addr: str | None = None, iss: int = 5000, window: int = 65535):
         self.stack = stack
-        self.addr = addr_to_int(addr)
+        self.addr = addr_to_int(REMOTE if addr is None else addr)  # REMOTE as `family` set it
         self.port = port
         self.stack_port = stack_port
         self.iss = iss & MASK

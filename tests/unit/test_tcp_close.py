@@ -1,7 +1,8 @@
 """Closing ladders: four-way teardown both ways, simultaneous close, TIME-WAIT, FIN timers."""
 
 import pytest
-from tcp_helpers import (
+from tcp_helpers import (  # noqa: F401 (family: a fixture)
+    family,
     ACK,
     FIN,
     PSH,
@@ -30,6 +31,9 @@ THEIRS = 2**32 - 2  # the peer's ISS: w = 2**32 - 1
 U = W = 2**32 - 1
 
 OPENERS = {"engine-passive": open_passive, "engine-active": open_active}
+
+# Every ladder here runs over IPv4 and over IPv6 (tcp_helpers.family).
+pytestmark = pytest.mark.usefixtures("family")
 
 
 @pytest.fixture(params=list(OPENERS))

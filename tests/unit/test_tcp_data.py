@@ -9,7 +9,9 @@ the RTO is 1.5 s (SRTT 0.5, RTTVAR 0.25). Our ISS is 2**32 - 3 and the peer's
 import itertools
 
 import pytest
-from tcp_helpers import (
+import tcp_helpers
+from tcp_helpers import (  # noqa: F401 (family: a fixture)
+    family,
     ACK,
     FIN,
     OUR_ISS,
@@ -37,6 +39,9 @@ from usertcp.tcp import (
 Y = OUR_ISS  # our data starts at Y + 1 = 2**32 - 2
 X = PEER_ISS  # the peer's data starts at X + 1 = 2**32 - 9
 BLOB = bytes(range(256)) * 64  # 16 KiB of recognisable bytes
+
+# Every ladder here runs over IPv4 and over IPv6 (tcp_helpers.family).
+pytestmark = pytest.mark.usefixtures("family")
 
 
 def settle(stack, t):
@@ -506,7 +511,7 @@ def test_abort_sends_rst(isn):
 
 def test_abort_in_syn_sent_sends_nothing(isn):
     stack = make_stack()
-    cid = stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     stack.packets_to_send(0.0)
     stack.abort(cid, 0.1)
     expect(stack, 0.1)

@@ -7,7 +7,9 @@ Our ISS is 2**32 - 3 (SND.UNA = Y + 1 once established), the peer's 2**32 - 10.
 """
 
 import pytest
-from tcp_helpers import (
+import tcp_helpers
+from tcp_helpers import (  # noqa: F401 (family: a fixture)
+    family,
     ACK,
     FIN,
     OUR_ISS,
@@ -30,6 +32,9 @@ Y = OUR_ISS
 X = PEER_ISS
 SMALL = {"keepalive": True, "keepalive_idle": 100.0, "keepalive_interval": 10.0,
          "keepalive_probes": 3}
+
+# Every ladder here runs over IPv4 and over IPv6 (tcp_helpers.family).
+pytestmark = pytest.mark.usefixtures("family")
 
 
 def timers(stack, cid, now=0.0):
@@ -303,7 +308,7 @@ def test_user_timeout_counts_from_the_last_progress(isn):
 def test_user_timeout_ends_a_syn_sent(isn):
     isn.set(Y)
     stack = make_stack(user_timeout=5.0)
-    cid = stack.connect(REMOTE, 80, 0.0, local_port=50000)
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     expect(stack, 0.0, S("S", seq=Y))
     for t in (1.0, 3.0):
         stack.handle_timers(t)

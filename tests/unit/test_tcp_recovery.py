@@ -10,7 +10,9 @@ window min_rtt / 4 = 0.125 s, or 0 once three segments are SACKed with no reorde
 """
 
 import pytest
-from tcp_helpers import ACK, OUR_ISS, Peer, S, drain, events, expect, make_stack, open_passive
+import tcp_helpers
+from tcp_helpers import (ACK, OUR_ISS, Peer, S, drain, events, expect, family,  # noqa: F401
+                         make_stack, open_passive)
 
 from usertcp.stack import Stack
 from usertcp.tcp import TcpConfig
@@ -18,6 +20,9 @@ from usertcp.tcp import TcpConfig
 D = OUR_ISS + 1
 MASK = 2**32 - 1
 DATA = bytes(range(250)) * 40
+
+# Every ladder here runs over IPv4 and over IPv6 (tcp_helpers.family).
+pytestmark = pytest.mark.usefixtures("family")
 
 
 def d(n: int) -> int:
@@ -296,28 +301,30 @@ def test_genuine_timeout_keeps_sack_and_resends_the_holes_in_order(isn):
 
 # ------------------------------------------------------------------ offload
 
-def test_tso_recovery_retransmits_one_mss(isn):
+def test_tso_recovery_retransmits_one_mss(isn, family):
     """With segmentation offload and timestamps: 9 of the 10 wire segments of a super-segment
     arrive; RACK calls the first lost at once (nine SACKed, no reordering seen) and the
-    repair is one 1448-byte segment; PRR lets new data follow one MSS at a time."""
+    repair is one 1448-byte segment (1428 over IPv6); PRR lets new data follow one MSS at a
+    time."""
+    mss = 1448 if family == 4 else 1428
     stack, peer, cid = open_passive(isn, sack=True, timestamps=True, sack_permitted=True,
-                                    ts=1000, tso_max=65535 - 80)
+                                    ts=1000, tso_max=65535 - 80, mss=mss + 12)
     events(stack)
     stack.send(cid, bytes(100000), 1.0)
-    expect(stack, 1.0, S(".", seq=D, len=14480))
+    expect(stack, 1.0, S(".", seq=D, len=10 * mss))
     peer.ack = D
     peer.ts_val = 1600
-    peer.send(ACK, 1.5, sack=[(d(1448), d(14480))])
+    peer.send(ACK, 1.5, sack=[(d(mss), d(10 * mss))])
     out = drain(stack, 1.5)
-    assert (out[0].seq, len(out[0].payload)) == (D, 1448)
-    assert all(len(s.payload) <= 1448 and s.ts_val is not None for s in out)
+    assert (out[0].seq, len(out[0].payload)) == (D, mss)
+    assert all(len(s.payload) <= mss and s.ts_val is not None for s in out)
     assert stack.counters["rack_lost"] == 1
 
 
 # ------------------------------------------------------------------ congestion control
 
 def test_cubic_is_the_default_and_selectable_per_connection(isn):
-    stack = Stack("10.0.0.1", config=TcpConfig(isn_secret=b"x"))
+    stack = Stack(tcp_helpers.LOCAL, config=TcpConfig(isn_secret=b"x"))
     assert stack.config.congestion == "cubic"
     stack.listen(80)
     peer = Peer(stack, port=40000, iss=1000)

@@ -1,7 +1,9 @@
 """Resets: segments nobody owns (RFC 9293 3.10.7.1), SYN-SENT, and RFC 5961 protections."""
 
 import pytest
-from tcp_helpers import (
+import tcp_helpers
+from tcp_helpers import (  # noqa: F401 (family: a fixture)
+    family,
     ACK,
     FIN,
     OUR_ISS,
@@ -25,6 +27,9 @@ from usertcp.tcp import ConnectionReset, State
 
 Y = OUR_ISS
 X = PEER_ISS
+
+# Every ladder here runs over IPv4 and over IPv6 (tcp_helpers.family).
+pytestmark = pytest.mark.usefixtures("family")
 
 
 # ------------------------------------------------------------------ closed ports
@@ -81,7 +86,7 @@ def test_listening_port_resets_acks_and_ignores_rst_and_stray_fin():
 def test_rst_ack_in_syn_sent_means_refused(isn):
     stack = make_stack()
     isn.set(Y)
-    cid = stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     expect(stack, 0.0, S("S", seq=Y))
     peer = Peer(stack, port=80, stack_port=50000, iss=0)
     peer.send(RST | ACK, 0.1, seq=0, ack=Y + 1)
@@ -98,7 +103,7 @@ def test_rst_ack_in_syn_sent_means_refused(isn):
 def test_syn_sent_ignores_rst_without_acceptable_ack(isn):
     stack = make_stack()
     isn.set(Y)
-    cid = stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     expect(stack, 0.0, S("S"))
     peer = Peer(stack, port=80, stack_port=50000, iss=0)
     peer.send(RST, 0.1, seq=0)  # no ACK: cannot be tied to our SYN
@@ -113,7 +118,7 @@ def test_syn_sent_ignores_rst_without_acceptable_ack(isn):
 def test_syn_sent_bad_ack_gets_rst(isn):
     stack = make_stack()
     isn.set(Y)
-    cid = stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     expect(stack, 0.0, S("S"))
     peer = Peer(stack, port=80, stack_port=50000, iss=0)
     peer.send(SYN | ACK, 0.1, seq=4000, ack=Y + 50)  # e.g. an old connection's SYN-ACK
@@ -124,7 +129,7 @@ def test_syn_sent_bad_ack_gets_rst(isn):
 def test_reset_in_syn_received_of_simultaneous_open_is_refused(isn):
     stack = make_stack()
     isn.set(Y)
-    cid = stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     expect(stack, 0.0, S("S"))
     peer = Peer(stack, port=80, stack_port=50000, iss=X)
     peer.syn(0.1)

@@ -4,7 +4,9 @@ PRR, undo) is in test_tcp_scoreboard.py, test_tcp_rack.py and test_tcp_recovery.
 """
 
 import pytest
-from tcp_helpers import (
+import tcp_helpers
+from tcp_helpers import (  # noqa: F401 (family: a fixture)
+    family,
     ACK,
     OUR_ISS,
     PEER_ISS,
@@ -25,6 +27,9 @@ X = PEER_ISS
 D = Y + 1  # our first data byte
 P = X + 1  # the peer's first data byte
 MASK = 2**32 - 1
+
+# Every ladder here runs over IPv4 and over IPv6 (tcp_helpers.family).
+pytestmark = pytest.mark.usefixtures("family")
 
 
 def d(n: int) -> int:
@@ -75,16 +80,20 @@ def test_negotiation_active(isn, ours, theirs):
     assert info(stack, cid)["sack"] is (ours and theirs)
 
 
-def test_syn_options_in_linux_order(isn):
-    """Our SYN with everything on: MSS, SACK-permitted + TS, NOP window scale (20 bytes)."""
+def test_syn_options_in_linux_order(isn, family):
+    """Our SYN with everything on: MSS, SACK-permitted + TS, NOP window scale (20 bytes);
+    over IPv6 the MSS is 20 less (its header is 20 bytes longer)."""
     stack = make_stack(sack=True, timestamps=True)
     isn.set(Y)
-    stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+    stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     [packet] = stack.packets_to_send(0.0)
-    options = bytes(packet[40:60])  # after the IPv4 and TCP fixed headers
-    assert len(packet) == 60
-    assert options == build_options(mss=1460, wscale=3, sack_permitted=True, timestamp=(Y, 0))
-    assert options[:8] == bytes((2, 4, 5, 180, 4, 2, 8, 10)) and options[16:] == bytes((1, 3, 3, 3))
+    ip_len = 20 if family == 4 else 40
+    options = bytes(packet[ip_len + 20:ip_len + 40])  # after the IP and TCP fixed headers
+    assert len(packet) == ip_len + 40
+    mss = 1460 if family == 4 else 1440
+    assert options == build_options(mss=mss, wscale=3, sack_permitted=True, timestamp=(Y, 0))
+    assert options[:8] == bytes((2, 4, mss >> 8, mss & 255, 4, 2, 8, 10))
+    assert options[16:] == bytes((1, 3, 3, 3))
 
 
 @pytest.mark.parametrize("both", ["both", "sack only", "ts only", "none"])

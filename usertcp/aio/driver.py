@@ -517,8 +517,7 @@ class Stack:
 
     def _log_state(self, event: ev.StateChanged) -> None:
         self.log.info("tcp.state", conn=event.conn_id,
-                      local=f"{event.local[0]}:{event.local[1]}",
-                      remote=f"{event.remote[0]}:{event.remote[1]}",
+                      local=hostport(*event.local), remote=hostport(*event.remote),
                       old=str(event.old), new=str(event.new), cause=event.cause,
                       seq=event.seq, ack=event.ack, at=round(event.time, 6))
 
@@ -529,6 +528,11 @@ class Stack:
                 self.log.warning("packet.dropped", reason=reason, count=count - seen.get(reason, 0),
                                  total=count)
                 seen[reason] = count
+
+
+def hostport(host: str, port: int, *_) -> str:
+    """10.7.0.2:80, [fd00:7::2]:80: as URLs write them."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def sockaddr(host: str, port: int, *_) -> tuple:

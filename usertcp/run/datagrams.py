@@ -86,8 +86,9 @@ def first_nameserver(path: str = "/etc/resolv.conf") -> str | None:
         fields = line.split()
         if len(fields) >= 2 and fields[0] == "nameserver":
             try:
-                addr_to_int(fields[1])
-            except ValueError:  # IPv6 (or garbage): skipped for now
+                if addr_to_int(fields[1]) > 0xFFFFFFFF:
+                    continue  # IPv6: the relay is IPv4 for now
+            except ValueError:  # garbage, or a scoped IPv6 address (fe80::1%eth0)
                 continue
             return fields[1]
     return None
