@@ -32,7 +32,7 @@ from .tcp.timewait import TimeWait
 from .wire.errors import DropReason, MalformedPacket
 from .fragments import Reassembler
 from .wire import icmp, icmpv6, udp
-from .wire.ipv6 import IPv6Header
+from .wire.ipv6 import IPv6Header, build_ipv6
 from .wire.icmp import echo_reply_for
 from .wire.ipv4 import PROTO_ICMP, PROTO_UDP, addr_to_int, build_ipv4, int_to_addr
 from .wire.packet import parse_packet
@@ -42,6 +42,9 @@ __all__ = ["Stack", "TcpConfig", "State"]
 
 _CLOSED = State.CLOSED  # a module global: attribute lookups on the Enum class are slow
 _V6_MULTICAST = (1 << 8) | 0xFF  # the top 8 bits of a V6-tagged ff00::/8 address, with the tag
+# ICMP unreachable codes (refuse, send_unreachable) as ICMPv6's: net -> no route, host ->
+# address unreachable, port -> port unreachable, administratively prohibited -> prohibited.
+_V6_UNREACH = {0: 0, 1: 3, 3: 4, 13: 1}
 MIN_PMTU_V4 = 552  # Linux's min_pmtu: a "fragmentation needed" never lowers below it
 
 # refuse(reply=...): how a connection request is turned down, as a kernel router would.
@@ -183,11 +186,22 @@ class Stack:
         if ip.fragment is not None:
             self._fragment(packet, now, ip)
             return
+        if ip.protocol == PROTO_UDP and self.forwarding:
+            sport, dport, data = udp.parse_udp(packet, ip, not checksum_verified)
+            self.counters["udp_forwarded"] += 1
+            self._events.append(ev.DatagramReceived(
+                0, (int_to_addr(ip.src), sport), (int_to_addr(ip.dst), dport), bytes(data)))
+            return
         if ip.protocol != icmpv6.PROTO_ICMPV6:
             self.drops[DropReason.UNSUPPORTED_PROTOCOL.value] += 1
             return
         kind, code, body = icmpv6.parse_icmpv6(packet, ip)
-        if kind == icmpv6.ECHO_REQUEST and ip.dst in self._own:
+        if kind == icmpv6.ECHO_REQUEST and self.forwarding and ip.dst not in self._own:
+            ident, seq, data = icmpv6.parse_echo_request6(body)
+            self.counters["icmp_echo_forwarded"] += 1
+            self._events.append(ev.EchoRequested(
+                0, int_to_addr(ip.src), int_to_addr(ip.dst), ident, seq, bytes(data)))
+        elif kind == icmpv6.ECHO_REQUEST and (ip.dst in self._own or self._any is not None):
             ident, seq, data = icmpv6.parse_echo_request6(body)
             self.out.append(icmpv6.build_echo_reply6(ip.dst, ip.src, ident, seq, data))
             self.counters["icmp_echo_replies"] += 1
@@ -381,9 +395,19 @@ class Stack:
         elif reply != "none":
             # What the peer's kernel matches the error to: its IP header and the TCP ports
             # and sequence number.
-            quote = build_ipv4(seg.src, seg.dst, 6, struct.pack("!HHI", seg.sport, seg.dport,
-                                                                seg.seq), ttl=64)
-            self.out.append(icmp.build_unreachable(seg.dst, quote, REFUSALS[reply]))
+            head = struct.pack("!HHI", seg.sport, seg.dport, seg.seq)
+            packet = self._unreachable(seg.src, seg.dst, 6, head, REFUSALS[reply])
+            if packet is not None:
+                self.out.append(packet)
+
+    @staticmethod
+    def _unreachable(src: int, dst: int, protocol: int, head: bytes, code: int):
+        """An ICMP (or ICMPv6) destination unreachable from `dst` about a packet src -> dst
+        that began with `head`; `code` is ICMP's, mapped to ICMPv6's as Linux maps them."""
+        if dst > 0xFFFFFFFF:
+            quote = build_ipv6(src, dst, protocol, head)
+            return icmpv6.build_dest_unreachable6(dst, quote, _V6_UNREACH.get(code, 3))
+        return icmp.build_unreachable(dst, build_ipv4(src, dst, protocol, head), code)
 
     def _take_request(self, request_id: int) -> tuple[Segment, Listener]:
         entry = self._requests.pop(request_id, None)
@@ -410,8 +434,9 @@ class Stack:
                                       data, ttl=self.config.ttl))
 
     def send_echo_reply(self, src: str, dst: str, ident: int, seq: int, data) -> None:
-        self.out.append(icmp.build_echo_reply(addr_to_int(src), addr_to_int(dst), ident, seq,
-                                              data))
+        sa, da = addr_to_int(src), addr_to_int(dst)
+        build = icmpv6.build_echo_reply6 if sa > 0xFFFFFFFF else icmp.build_echo_reply
+        self.out.append(build(sa, da, ident, seq, data))
 
     def send_unreachable(self, src: tuple[str, int], dst: tuple[str, int], code: int,
                          protocol: int = PROTO_UDP) -> None:
@@ -419,7 +444,7 @@ class Stack:
         (sent by `dst`'s address), e.g. port unreachable (3) for a UDP flow refused beyond."""
         sa, da = addr_to_int(src[0]), addr_to_int(dst[0])
         head = struct.pack("!HHHH", src[1], dst[1], 8, 0)
-        packet = icmp.build_unreachable(da, build_ipv4(sa, da, protocol, head), code)
+        packet = self._unreachable(sa, da, protocol, head, code)
         if packet is not None:
             self.out.append(packet)
 

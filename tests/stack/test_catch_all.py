@@ -313,3 +313,53 @@ def test_port_unreachable_about_a_udp_flow():
     quoted = parse_ipv4(icmp[8:])
     assert quoted.protocol == PROTO_UDP and quoted.src == addr_to_int(PROGRAM)
     assert struct.unpack("!HH", icmp[28:32]) == (5000, 9999)
+
+
+# ---------------------------------------------------------------- the same over IPv6
+
+GATEWAY6, PROGRAM6, FAR6 = "fd00::2", "fd00::100", "2001:db8::7"
+
+
+def make6() -> Stack:
+    return Stack([GATEWAY, GATEWAY6], config=TcpConfig(isn_secret=b"x", sack=False,
+                                                       timestamps=False))
+
+
+def test_v6_catch_all_answers_as_the_address_dialled_and_refuses_with_icmpv6():
+    from usertcp.wire.ipv6 import parse_ipv6
+
+    stack = make6()
+    stack.listen_any(defer=True)
+    stack.receive(syn(src=PROGRAM6, dst=FAR6, dport=443), 0.0)
+    [req] = evs(stack)
+    assert req.local == (FAR6, 443) and req.remote == (PROGRAM6, 40000)
+    stack.refuse(req.conn_id, 0.1, "host-unreachable")
+    [packet] = stack.packets_to_send(0.1)
+    ip = parse_ipv6(packet)
+    assert (ip.src, ip.dst, ip.protocol) == (addr_to_int(FAR6), addr_to_int(PROGRAM6), 58)
+    assert bytes(packet[40:42]) == b"\x01\x03"  # destination unreachable, address unreachable
+    stack.receive(syn(src=PROGRAM6, dst=FAR6, dport=443, sport=40001), 1.0)
+    [req2] = evs(stack)
+    stack.admit(req2.conn_id, 1.0)
+    [synack] = out(stack, 1.0)
+    assert synack.src == addr_to_int(FAR6) and synack.mss == 1440
+
+
+def test_v6_udp_and_pings_are_forwarded_and_answered():
+    from usertcp.wire.ipv6 import parse_ipv6
+
+    stack = make6()
+    stack.listen_any()
+    stack.forward_datagrams()
+    stack.send_datagram(b"q", (PROGRAM6, 5353), ("fd00::3", 53))  # as if from the program
+    [query] = stack.packets_to_send(0.0)
+    stack.receive(query, 0.0)
+    [d] = evs(stack)
+    assert type(d) is ev.DatagramReceived and d.dst == ("fd00::3", 53) and d.data == b"q"
+    stack.send_echo_reply(FAR6, PROGRAM6, 9, 1, b"pong")
+    [reply] = stack.packets_to_send(0.0)
+    ip = parse_ipv6(reply)
+    assert ip.src == addr_to_int(FAR6) and reply[40] == 129
+    stack.send_unreachable((PROGRAM6, 5353), (FAR6, 9), 3)
+    [unreach] = stack.packets_to_send(0.0)
+    assert bytes(unreach[40:42]) == b"\x01\x04"  # port unreachable

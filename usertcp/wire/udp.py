@@ -6,6 +6,7 @@ import struct
 
 from .checksum import finish, pseudo_header_sum, reduce
 from .errors import DropReason, MalformedPacket
+from .ipv6 import build_ipv6
 from .ipv4 import PROTO_UDP, IPv4Header, build_ipv4
 
 HEADER = struct.Struct("!HHHH")  # source port, destination port, length, checksum
@@ -31,6 +32,8 @@ def parse_udp(packet, ip: IPv4Header,
     if length < 8 or length > available:
         raise MalformedPacket(DropReason.BAD_UDP_LENGTH, f"length {length}, have {available}")
     view = memoryview(packet)[off:off + length]
+    if not csum and ip.src > 0xFFFFFFFF:
+        raise MalformedPacket(DropReason.BAD_UDP_CHECKSUM, "none: IPv6 requires one (RFC 8200 8.1)")
     if verify_checksum and csum:
         words = _from(view, "big")
         if length & 1:
@@ -54,5 +57,7 @@ def build_udp(src: int, dst: int, sport: int, dport: int, payload, *, ttl: int =
         total += reduce(words << 8 if plen & 1 else words)
     # A computed 0 is sent as 0xFFFF: 0 on the wire means "no checksum" (RFC 768).
     csum = finish(total) or 0xFFFF
-    return build_ipv4(src, dst, PROTO_UDP, b"".join((HEADER.pack(sport, dport, length, csum),
-                                                     payload)), ttl=ttl)
+    datagram = b"".join((HEADER.pack(sport, dport, length, csum), payload))
+    if src > 0xFFFFFFFF:
+        return build_ipv6(src, dst, PROTO_UDP, datagram, hop_limit=ttl)
+    return build_ipv4(src, dst, PROTO_UDP, datagram, ttl=ttl)
