@@ -18,22 +18,35 @@ server (discard, file over HTTP, echo) in one namespace and the same client in a
 pair with the same MTU. All namespaces are made here (`bench-<pid>-...`) and deleted on exit, also on
 Ctrl-C or an error; every process is started here and stopped by its PID.
 
+Every figure is taken over IPv4 and over IPv6 (--families 4,6, the default): one usertcp process
+per service serves both (`--address 10.7.0.2 --address fd00:7::2`), the veth pair carries both
+(10.8.0.0/24 and fd00:8::/64, without duplicate address detection), and the families alternate
+within each round (4 then 6, then 6 then 4, ...) so that both see the same machine state. The
+table shows an IPv6 row under each IPv4 row and the ratio IPv6/IPv4 per figure; the aim is IPv6
+within 10 % of IPv4 (MB/s and conn/s at least 0.90 of IPv4, round trips at most 1.10 times).
+
 Run as root, with the project's interpreter:
 
     .venv/bin/python scripts/bench_tun.py                      # table
     .venv/bin/python scripts/bench_tun.py --json               # machine-readable
     .venv/bin/python scripts/bench_tun.py --extra-args=--no-offload   # usertcp without TUN offload
     .venv/bin/python scripts/bench_tun.py --only usertcp --profile /tmp/prof   # cProfile the stack
+    .venv/bin/python scripts/bench_tun.py --families 4         # IPv4 only
 
 Each measurement runs --repeat times (default 3) against the same server and the median is shown (all
-runs are in --json); a run with defaults takes about 15-20 s. Figures are sensitive to other load on the
-machine: both columns share its cores with the client.
+runs are in --json); a run with defaults takes about 15-20 s per family. Figures are sensitive to
+other load on the machine: both columns share its cores with the client.
 
 With --profile DIR each usertcp service runs under cProfile (or pyinstrument: --profiler) and its profile
 is written to DIR and summarised after the table; profiled figures are slower than unprofiled ones.
 
 The same file is the client and the kernel-side server that run inside the namespaces (`_client ...`,
 `_server ...`); those use only the standard library and print one line of JSON.
+
+--json: `results` and `figures` hold the columns `usertcp` and `kernel` for IPv4 (as before IPv6)
+and `usertcp_v6` and `kernel_v6` for IPv6; `floors_met` is usertcp over IPv4, `floors_met_v6` over
+IPv6; `ratio_v6_v4` holds IPv6/IPv4 per figure and implementation, and `v6_within_tolerance`
+whether usertcp's ratio is within `config.v6_tolerance`; `config.families` lists the families.
 """
 
 from __future__ import annotations
@@ -69,6 +82,11 @@ PORTS = {"discard": 9, "http": 80, "echo": 7}
 FILE_NAME = "bench.bin"
 USERTCP_NET = ("10.7.0.2", "10.7.0.1/24")  # the stack's address, the kernel side of the TUN
 VETH_NET = ("10.8.0.1", "10.8.0.2", 24)  # server side, client side, prefix
+USERTCP_NET6 = ("fd00:7::2", "fd00:7::1/64")
+VETH_NET6 = ("fd00:8::1", "fd00:8::2", 64)
+FAMILIES = (4, 6)
+IPV6_MIN_MTU = 1280  # RFC 8200: a link that carries IPv6 has at least this MTU
+V6_TOLERANCE = 0.10  # the aim: IPv6 within 10 % of IPv4 on every figure
 STOP_TIMEOUT = 5.0
 READY_TIMEOUT = 15.0
 CLIENT_GRACE = 30.0  # beyond a client's own time bound before it is killed
@@ -137,7 +155,9 @@ def client_download(host: str, port: str, path: str, seconds: str) -> dict:
     sock = _connect(host, int(port), limit)
     start = time.perf_counter()
     deadline = start + limit
-    sock.sendall(f"GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    authority = f"[{host}]" if ":" in host else host  # RFC 3986: an IPv6 literal in brackets
+    sock.sendall(f"GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+                 .encode())
     buf = bytearray(1 << 20)
     head = bytearray()
     body = 0
@@ -306,13 +326,17 @@ def _accept_loop(listener: socket.socket, handler, root: str) -> None:
 
 
 def server_main(argv: list[str]) -> int:
-    """`_server ADDRESS ROOT`: serve discard, http and echo until SIGTERM/SIGINT."""
-    address, root = argv
+    """`_server ADDRESS[,ADDRESS...] ROOT`: serve discard, http and echo on each address (IPv4 or
+    IPv6) until SIGTERM/SIGINT."""
+    addresses, root = argv
     handlers = {"discard": _serve_discard, "http": _serve_http, "echo": _serve_echo}
-    for name, port in PORTS.items():
-        listener = socket.create_server((address, port), backlog=1024, reuse_port=False)
-        threading.Thread(target=_accept_loop, args=(listener, handlers[name], root),
-                         daemon=True).start()
+    for address in addresses.split(","):
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        for name, port in PORTS.items():
+            listener = socket.create_server((address, port), family=family, backlog=1024,
+                                            reuse_port=False)
+            threading.Thread(target=_accept_loop, args=(listener, handlers[name], root),
+                             daemon=True).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -484,22 +508,44 @@ class Runner:
     def measure_repeated(self, ns: str, host: str, server_pid: int, role: str,
                          port: int) -> dict:
         """`--repeat` runs of one measurement; the run with the median figure, plus all figures."""
-        key = MEDIAN_KEY[role]
-        runs = []
-        for _ in range(self.args.repeat):
-            result = self.measure(ns, host, server_pid, role, port)
-            if "error" in result:
-                return result
-            runs.append(result)
-        chosen = dict(sorted(runs, key=lambda r: r[key])[len(runs) // 2])
-        chosen["runs"] = [r[key] for r in runs]  # in the order they ran
-        return chosen
+        return self.measure_families(ns, {0: host}, server_pid, role, port)[0]
 
-    def run_usertcp(self) -> dict:
+    def measure_families(self, ns: str, hosts: dict[int, str], server_pid: int, role: str,
+                         port: int) -> dict[int, dict]:
+        """`--repeat` rounds of one measurement against each of `hosts` (family -> address), the
+        families alternating within a round and their order turning each round, so that no
+        family always runs first or alone in a spell of load. Per family: the run with the
+        median figure plus all figures, or the first error (that family then stops)."""
+        key = MEDIAN_KEY[role]
+        runs: dict[int, list[dict]] = {fam: [] for fam in hosts}
+        failed: dict[int, dict] = {}
+        for i in range(self.args.repeat):
+            order = list(hosts) if i % 2 == 0 else list(reversed(hosts))
+            for fam in order:
+                if fam in failed:
+                    continue
+                result = self.measure(ns, hosts[fam], server_pid, role, port)
+                if "error" in result:
+                    failed[fam] = result
+                else:
+                    runs[fam].append(result)
+        out: dict[int, dict] = {}
+        for fam in hosts:
+            if fam in failed:
+                out[fam] = failed[fam]
+                continue
+            chosen = dict(sorted(runs[fam], key=lambda r: r[key])[len(runs[fam]) // 2])
+            chosen["runs"] = [r[key] for r in runs[fam]]  # in the order they ran
+            out[fam] = chosen
+        return out
+
+    def run_usertcp(self) -> dict[int, dict]:
+        """family -> role -> result."""
         a = self.args
         ns = self.netns("u")
-        host = USERTCP_NET[0]
-        results: dict = {}
+        nets = {4: USERTCP_NET, 6: USERTCP_NET6}
+        hosts = {fam: nets[fam][0] for fam in a.families}
+        results: dict[int, dict] = {fam: {} for fam in a.families}
         plan = [("discard", ["upload"]), ("http", ["download"]), ("echo", ["rtt", "cps"])]
         for service, roles in plan:
             port = PORTS[service]
@@ -512,9 +558,10 @@ class Runner:
                 else:
                     argv += ["-m", "pyinstrument", "--no-color", "-r", "text", "-o",
                              os.path.join(a.profile, f"usertcp-{service}.txt")]
-            argv += ["-m", "usertcp", service, "--tun", f"utcp-{service}", "--address", host,
-                     "--host-address", USERTCP_NET[1], "--mtu", str(a.mtu),
-                     "--log-level", a.log_level, "--port", str(port)]
+            argv += ["-m", "usertcp", service, "--tun", f"utcp-{service}"]
+            for fam in a.families:
+                argv += ["--address", nets[fam][0], "--host-address", nets[fam][1]]
+            argv += ["--mtu", str(a.mtu), "--log-level", a.log_level, "--port", str(port)]
             if service == "http":
                 argv += ["--root", self.file_dir]
             argv += shlex.split(a.extra_args)
@@ -522,10 +569,13 @@ class Runner:
             with open(self._server_log, "wb") as logf:
                 server = self.popen(argv, ns, stdout=logf, stderr=logf, cwd=REPO)
             try:
-                self.wait_ready(ns, host, port, server, f"usertcp {service}")
+                for fam, host in hosts.items():
+                    self.wait_ready(ns, host, port, server, f"usertcp {service} (IPv{fam})")
                 for role in roles:
                     log(f"usertcp: {role} ...")
-                    results[role] = self.measure_repeated(ns, host, server.pid, role, port)
+                    for fam, result in self.measure_families(ns, hosts, server.pid, role,
+                                                             port).items():
+                        results[fam][role] = result
                     if server.poll() is not None:
                         raise BenchError(f"usertcp {service} died during {role}"
                                          f"{self.server_log_tail()}")
@@ -538,29 +588,40 @@ class Runner:
                 log(f"usertcp {service} exited with {code}{self.server_log_tail()}")
         return results
 
-    def run_kernel(self) -> dict:
+    def run_kernel(self) -> dict[int, dict]:
+        """family -> role -> result."""
         a = self.args
         srv, cli = self.netns("ks"), self.netns("kc")
-        s_addr, c_addr, prefix = VETH_NET
+        nets = {4: VETH_NET, 6: VETH_NET6}
         self.run(["ip", "-n", srv, "link", "add", "veth0", "mtu", str(a.mtu), "type", "veth",
                   "peer", "name", "veth1", "netns", cli, "mtu", str(a.mtu)])
-        self.run(["ip", "-n", srv, "addr", "add", f"{s_addr}/{prefix}", "dev", "veth0"])
-        self.run(["ip", "-n", cli, "addr", "add", f"{c_addr}/{prefix}", "dev", "veth1"])
+        for fam in a.families:
+            s_addr, c_addr, prefix = nets[fam]
+            # nodad: usable at once, as the stack's TUN addresses are (no DAD wait, no race)
+            extra = ["nodad"] if fam == 6 else []
+            self.run(["ip", "-n", srv, f"-{fam}", "addr", "add", f"{s_addr}/{prefix}",
+                      "dev", "veth0", *extra])
+            self.run(["ip", "-n", cli, f"-{fam}", "addr", "add", f"{c_addr}/{prefix}",
+                      "dev", "veth1", *extra])
         self.run(["ip", "-n", srv, "link", "set", "veth0", "up"])
         self.run(["ip", "-n", cli, "link", "set", "veth1", "up"])
+        hosts = {fam: nets[fam][0] for fam in a.families}
         self._server_log = os.path.join(self.tmp, "kernel-server.log")
         with open(self._server_log, "wb") as logf:
-            server = self.popen([sys.executable, os.path.abspath(__file__), "_server", s_addr,
-                                 self.file_dir], srv, stdout=logf, stderr=logf)
-        results: dict = {}
+            server = self.popen([sys.executable, os.path.abspath(__file__), "_server",
+                                 ",".join(hosts.values()), self.file_dir], srv,
+                                stdout=logf, stderr=logf)
+        results: dict[int, dict] = {fam: {} for fam in a.families}
         try:
-            for service, port in PORTS.items():
-                self.wait_ready(cli, s_addr, port, server, f"kernel {service} server")
+            for fam, host in hosts.items():
+                for service, port in PORTS.items():
+                    self.wait_ready(cli, host, port, server, f"kernel {service} server (IPv{fam})")
             for role, service in (("upload", "discard"), ("download", "http"),
                                   ("rtt", "echo"), ("cps", "echo")):
                 log(f"kernel: {role} ...")
-                results[role] = self.measure_repeated(cli, s_addr, server.pid, role,
-                                                      PORTS[service])
+                for fam, result in self.measure_families(cli, hosts, server.pid, role,
+                                                         PORTS[service]).items():
+                    results[fam][role] = result
         finally:
             self.stop(server, signal.SIGTERM)
         return results
@@ -608,27 +669,75 @@ def verdicts(fig: dict) -> dict:
     return out
 
 
+LOWER_IS_BETTER = {"rtt_p50_us", "rtt_p99_us"}
+IMPLS = ("usertcp", "kernel")
+
+
+def column_key(impl: str, family: int) -> str:
+    """The key of one column in `results`/`figures`: IPv4 keeps the names it had before IPv6."""
+    return impl if family == 4 else f"{impl}_v6"
+
+
+def ratios(v4: dict, v6: dict) -> dict:
+    """IPv6/IPv4 per figure (None where either is missing)."""
+    return {key: v6[key] / v4[key] if v4.get(key) and v6.get(key) is not None else None
+            for key, *_ in ROWS}
+
+
+def within_tolerance(ratio: dict, tolerance: float = V6_TOLERANCE) -> dict:
+    """Whether IPv6 is within `tolerance` of IPv4: not slower, in the figure's own sense."""
+    out = {}
+    for key, r in ratio.items():
+        if r is None:
+            out[key] = None
+        elif key in LOWER_IS_BETTER:
+            out[key] = r <= 1.0 + tolerance
+        else:
+            out[key] = r >= 1.0 - tolerance
+    return out
+
+
 def render(report: dict) -> str:
-    cols = [c for c in ("usertcp", "kernel") if c in report["results"]]
-    figs = {c: figures(report["results"][c]) for c in cols}
-    ok = verdicts(figs["usertcp"]) if "usertcp" in figs else {}
-    header = ["", *("usertcp (TUN)" if c == "usertcp" else "kernel (veth)" for c in cols),
+    cfg = report["config"]
+    families = [f for f in cfg.get("families", [4])]
+    impls = [i for i in IMPLS if any(column_key(i, f) in report["results"] for f in families)]
+    figs = {column_key(i, f): figures(report["results"].get(column_key(i, f), {}))
+            for i in impls for f in families}
+    both = len(families) == 2
+    tol = cfg.get("v6_tolerance", V6_TOLERANCE)
+    ratio = {i: ratios(figs[column_key(i, 4)], figs[column_key(i, 6)]) for i in impls} \
+        if both else {}
+    header = ["", "IP", *("usertcp (TUN)" if i == "usertcp" else "kernel (veth)" for i in impls),
               "floor (usertcp)", "met"]
+    if both:
+        header += [f"{i} v6/v4" for i in impls]
+        if "usertcp" in impls:
+            header.insert(header.index("usertcp v6/v4") + 1, f"within {tol:.0%}")
     rows = [header]
     for key, label, _, fmt in ROWS:
-        row = [label]
-        for c in cols:
-            v = figs[c][key]
-            row.append("error" if v is None else fmt.format(v))
-        if key in FLOORS:
-            op, floor = FLOORS[key]
-            row.append(f"{op} {floor:,.0f}")
-            met = ok.get(key)
-            row.append("-" if "usertcp" not in figs else
-                       "n/a" if met is None else "yes" if met else "NO")
-        else:
-            row += ["", ""]
-        rows.append(row)
+        for n, fam in enumerate(families):
+            row = [label if n == 0 else "", f"IPv{fam}"]
+            for i in impls:
+                v = figs[column_key(i, fam)][key]
+                row.append("error" if v is None else fmt.format(v))
+            if key in FLOORS:
+                op, floor = FLOORS[key]
+                row.append(f"{op} {floor:,.0f}")
+                met = verdicts(figs[column_key("usertcp", fam)]).get(key) \
+                    if "usertcp" in impls else None
+                row.append("-" if "usertcp" not in impls else
+                           "n/a" if met is None else "yes" if met else "NO")
+            else:
+                row += ["", ""]
+            if both:
+                for i in impls:
+                    r = ratio[i][key]
+                    row.append("" if fam == 4 else "n/a" if r is None else f"{r:.2f}")
+                    if i == "usertcp":
+                        ok = within_tolerance(ratio[i], tol)[key]
+                        row.append("" if fam == 4 else
+                                   "n/a" if ok is None else "yes" if ok else "NO")
+            rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
     for n, row in enumerate(rows):
@@ -637,6 +746,7 @@ def render(report: dict) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     # Secondary figures: how busy the server process was, and anything that went wrong.
+    cols = [c for c in figs if c in report["results"]]
     cpu = []
     for role in ("upload", "download", "cps", "rtt"):
         parts = []
@@ -646,12 +756,15 @@ def render(report: dict) -> str:
         cpu.append(f"{role}: " + ", ".join(parts))
     lines.append("")
     lines.append("server process CPU (of one core) -- " + "; ".join(cpu))
-    cfg = report["config"]
     lines.append(f"MTU {cfg['mtu']}, {cfg['size_mb']} MB per transfer (1 MB = 10^6 bytes), "
                  f"median of {cfg['repeat']} runs each, "
                  f"cps over <= {cfg['connections']} connections / {cfg['cps_seconds']} s, "
                  f"{cfg['round_trips']} round trips"
+                 + (", IPv4 and IPv6 alternating within each round" if both else "")
                  + (f", usertcp extra args: {cfg['extra_args']}" if cfg["extra_args"] else ""))
+    if both:
+        lines.append(f"v6/v4: IPv6 figure / IPv4 figure; within {tol:.0%}: MB/s and conn/s "
+                     f">= {1 - tol:.2f}, round trips <= {1 + tol:.2f}")
     for c in cols:
         for role, r in report["results"][c].items():
             if r.get("error"):
@@ -705,6 +818,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3,
                    help="runs of each measurement; the median is shown (default 3)")
     p.add_argument("--only", choices=("usertcp", "kernel"), help="run one column only")
+    p.add_argument("--families", default="4,6",
+                   help="IP versions to measure, comma-separated: 4, 6 or 4,6 (default 4,6; "
+                        "both alternate within each round)")
     p.add_argument("--mtu", type=int, default=1500, help="MTU of the TUN and the veth (default 1500)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--log-level", default="warning",
@@ -718,6 +834,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.size_mb <= 0 or args.seconds <= 0 or args.connections <= 0 or args.round_trips <= 0 \
             or args.repeat <= 0:
         p.error("sizes, counts and time bounds must be positive")
+    try:
+        families = [int(x) for x in args.families.split(",") if x.strip()]
+    except ValueError:
+        families = []
+    if not families or any(f not in FAMILIES for f in families) \
+            or len(set(families)) < len(families):
+        p.error("--families takes 4, 6 or 4,6")
+    args.families = sorted(families)  # IPv4 first: the ratio's denominator
+    if 6 in args.families and args.mtu < IPV6_MIN_MTU:
+        p.error(f"IPv6 needs an MTU of at least {IPV6_MIN_MTU} (--families 4 for a smaller one)")
     if args.profile:
         args.profile = os.path.abspath(args.profile)
     return args
@@ -742,24 +868,27 @@ def main(argv: list[str]) -> int:
         "config": {k: getattr(args, k) for k in ("size_mb", "repeat", "seconds", "connections",
                                                   "cps_seconds", "round_trips", "mtu",
                                                   "log_level", "extra_args", "profile",
-                                                  "profiler")},
+                                                  "profiler", "families")},
         "floors": {k: {"op": op, "value": v} for k, (op, v) in FLOORS.items()},
         "results": {},
         "errors": [],
     }
+    report["config"]["v6_tolerance"] = V6_TOLERANCE
     runner = Runner(args)
     code = 0
     try:
         runner.make_file()
-        for column in ("usertcp", "kernel"):
-            if args.only and args.only != column:
+        for impl in IMPLS:
+            if args.only and args.only != impl:
                 continue
             try:
-                report["results"][column] = (runner.run_usertcp() if column == "usertcp"
-                                             else runner.run_kernel())
+                by_family = runner.run_usertcp() if impl == "usertcp" else runner.run_kernel()
+                for fam, results in by_family.items():
+                    report["results"][column_key(impl, fam)] = results
             except BenchError as exc:
-                report["errors"].append(f"{column}: {exc}")
-                report["results"].setdefault(column, {})
+                report["errors"].append(f"{impl}: {exc}")
+                for fam in args.families:
+                    report["results"].setdefault(column_key(impl, fam), {})
                 code = 1
     except Interrupted as exc:
         log(f"interrupted ({exc}); cleaning up")
@@ -775,6 +904,15 @@ def main(argv: list[str]) -> int:
         report.setdefault("figures", {})[column] = figures(results)
     if "usertcp" in report["results"]:
         report["floors_met"] = verdicts(report["figures"]["usertcp"])
+    if "usertcp_v6" in report["results"]:
+        report["floors_met_v6"] = verdicts(report["figures"]["usertcp_v6"])
+    if len(args.families) == 2:
+        report["ratio_v6_v4"] = {
+            impl: ratios(report["figures"][impl], report["figures"][column_key(impl, 6)])
+            for impl in IMPLS if impl in report["figures"]}
+        if "usertcp" in report["ratio_v6_v4"]:
+            report["v6_within_tolerance"] = {
+                "usertcp": within_tolerance(report["ratio_v6_v4"]["usertcp"])}
     if args.json:
         print(json.dumps(report, indent=2))
     else:

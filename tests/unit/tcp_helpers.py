@@ -20,14 +20,20 @@ from usertcp.wire.packet import parse_packet
 from usertcp.wire.tcp import Segment, flags_str
 
 __all__ = [
-    "ACK", "FIN", "LOCAL", "OUR_ISS", "PEER_ISS", "PSH", "REMOTE", "RST", "SYN", "IsnControl",
+    "ACK", "FIN", "LOCAL", "OTHER", "our_mss", "OUR_ISS", "PEER_ISS", "PSH", "REMOTE", "RST", "SYN", "IsnControl",
     "Peer", "S", "drain", "events", "expect", "make_stack", "names", "open_active",
     "open_passive", "seq_add", "transitions",
 ]
 
 LOCAL = "10.0.0.1"
 REMOTE = "10.0.0.2"
-FAMILIES = {4: ("10.0.0.1", "10.0.0.2"), 6: ("fd00::1", "fd00::2")}
+FAMILIES = {4: ("10.0.0.1", "10.0.0.2", "10.0.0.3"), 6: ("fd00::1", "fd00::2", "fd00::3")}
+OTHER = "10.0.0.3"  # a third address of the family, for tests that need another peer
+
+
+def our_mss(config_mss: int = 1460) -> int:
+    """The MSS the stack offers for TcpConfig.mss: 20 less over IPv6 (a longer header)."""
+    return config_mss - (20 if ":" in LOCAL else 0)
 
 
 @pytest.fixture(params=[4, 6], ids=["ipv4", "ipv6"])
@@ -36,9 +42,10 @@ def family(request, monkeypatch):
     so a test module names them through tcp_helpers) become the family's pair."""
     import tcp_helpers
 
-    local, remote = FAMILIES[request.param]
+    local, remote, other = FAMILIES[request.param]
     monkeypatch.setattr(tcp_helpers, "LOCAL", local)
     monkeypatch.setattr(tcp_helpers, "REMOTE", remote)
+    monkeypatch.setattr(tcp_helpers, "OTHER", other)
     return request.param
 MASK = 0xFFFFFFFF
 SECRET = b"unit-test-secret"

@@ -1,7 +1,10 @@
 """Opening ladders: passive, active and simultaneous open; ISNs; SYN and SYN-ACK retransmission."""
 
 import pytest
-from tcp_helpers import (
+import tcp_helpers
+from tcp_helpers import (  # noqa: F401 (family: a fixture)
+    family,
+    our_mss,
     ACK,
     RST,
     SYN,
@@ -22,6 +25,9 @@ from usertcp.wire import addr_to_int, build_options
 X = 2**32 - 10  # the peer's ISS
 Y = 2**32 - 3  # ours
 
+# Every ladder here runs over IPv4 and over IPv6 (tcp_helpers.family).
+pytestmark = pytest.mark.usefixtures("family")
+
 
 def test_passive_open_ladder(isn):
     stack = make_stack()
@@ -32,13 +38,13 @@ def test_passive_open_ladder(isn):
     peer.syn(1.0, mss=1460)
     # SYN-ACK: seq=y ack=x+1, our MSS, no window scale (the peer offered none),
     # and the unscaled window of a SYN: min(receive_buffer, 65535).
-    expect(stack, 1.0, S("S.", seq=Y, ack=X + 1, win=65535, mss=1460, wscale=False,
+    expect(stack, 1.0, S("S.", seq=Y, ack=X + 1, win=65535, mss=our_mss(), wscale=False,
                          sport=80, dport=40000))
     evs = events(stack)
     assert names(evs) == ["LISTEN->SYN-RECEIVED"]
     cid = evs[0].conn_id
     assert evs[0].cause == "syn"
-    assert evs[0].local == ("10.0.0.1", 80) and evs[0].remote == ("10.0.0.2", 40000)
+    assert evs[0].local == (tcp_helpers.LOCAL, 80) and evs[0].remote == (tcp_helpers.REMOTE, 40000)
     # The event is taken at the transition, before the SYN-ACK: SND.NXT is still the ISS.
     assert (evs[0].seq, evs[0].ack) == (Y, seq_add(X, 1))
     assert stack.state(cid) is State.SYN_RECEIVED
@@ -49,7 +55,7 @@ def test_passive_open_ladder(isn):
     expect(stack, 1.5)  # nothing to say to a bare ACK
     evs = events(stack)
     assert names(evs) == ["SYN-RECEIVED->ESTABLISHED", "ConnectionAccepted"]
-    assert evs[1] == ConnectionAccepted(cid, 80, ("10.0.0.2", 40000), "10.0.0.1", 80)
+    assert evs[1] == ConnectionAccepted(cid, 80, (tcp_helpers.REMOTE, 40000), tcp_helpers.LOCAL, 80)
     assert evs[0].time == 1.5
     assert stack.state(cid) is State.ESTABLISHED
     stack.handle_timers(2.0)  # the SYN-ACK's old RTO deadline: nothing happens
@@ -63,7 +69,7 @@ def test_passive_open_with_window_scale(isn):
     peer = Peer(stack, iss=X)
     isn.set(Y)
     peer.syn(0.0, mss=1000, wscale=7)
-    [synack] = expect(stack, 0.0, S("S.", seq=Y, ack=X + 1, win=65535, mss=1460, wscale=3))
+    [synack] = expect(stack, 0.0, S("S.", seq=Y, ack=X + 1, win=65535, mss=our_mss(), wscale=3))
     peer.took(synack)
     peer.send(ACK, 0.1, window=100)  # scaled by 2**7: 12800 bytes
     cid = events(stack)[0].conn_id
@@ -77,10 +83,10 @@ def test_passive_open_with_window_scale(isn):
 def test_active_open_ladder(isn):
     stack = make_stack()
     isn.set(Y)
-    cid = stack.connect("10.0.0.2", 80, 2.0, local_port=50000)
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 2.0, local_port=50000)
     assert stack.state(cid) is State.SYN_SENT
     # SYN: seq=x with MSS and window scale; unscaled window.
-    [_syn] = expect(stack, 2.0, S("S", seq=Y, ack=0, win=65535, mss=1460, wscale=3,
+    [_syn] = expect(stack, 2.0, S("S", seq=Y, ack=0, win=65535, mss=our_mss(), wscale=3,
                                  sport=50000, dport=80))
     assert names(events(stack)) == ["CLOSED->SYN-SENT"]
     assert stack.next_deadline() == 3.0  # SYN retransmission, RTO 1 s
@@ -109,7 +115,7 @@ def test_active_open_ladder(isn):
 def test_active_open_without_peer_window_scale(isn):
     stack = make_stack()
     isn.set(Y)
-    stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+    stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     expect(stack, 0.0, S("S", seq=Y, wscale=3))
     peer = Peer(stack, port=80, stack_port=50000, iss=X)
     peer.syn_ack(0.1, ack=Y + 1, mss=536)
@@ -121,7 +127,7 @@ def test_active_open_without_peer_window_scale(isn):
 def test_active_open_data_queued_before_handshake_goes_with_ack(isn):
     stack = make_stack()
     isn.set(Y)
-    cid = stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     assert stack.send(cid, b"hello", 0.0) == 5
     expect(stack, 0.0, S("S", seq=Y))  # data waits for the handshake
     peer = Peer(stack, port=80, stack_port=50000, iss=X)
@@ -133,12 +139,12 @@ def test_active_open_data_queued_before_handshake_goes_with_ack(isn):
 def test_simultaneous_open(isn):
     stack = make_stack()
     isn.set(Y)
-    cid = stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     expect(stack, 0.0, S("S", seq=Y))
     peer = Peer(stack, port=80, stack_port=50000, iss=X)
     # Both sides sent SYN (RFC 9293 figure 8): the peer's SYN crosses ours.
     peer.syn(0.1, mss=1460, wscale=5)
-    expect(stack, 0.1, S("S.", seq=Y, ack=X + 1, mss=1460, wscale=3))
+    expect(stack, 0.1, S("S.", seq=Y, ack=X + 1, mss=our_mss(), wscale=3))
     assert stack.state(cid) is State.SYN_RECEIVED
     assert names(events(stack)) == ["CLOSED->SYN-SENT", "SYN-SENT->SYN-RECEIVED"]
     # The peer's SYN-ACK (line 6 of figure 8) completes the open.
@@ -155,7 +161,7 @@ def test_simultaneous_open(isn):
 def test_simultaneous_open_completed_by_plain_ack(isn):
     stack = make_stack()
     isn.set(Y)
-    cid = stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     expect(stack, 0.0, S("S", seq=Y))
     peer = Peer(stack, port=80, stack_port=50000, iss=X)
     peer.syn(0.1)
@@ -175,7 +181,7 @@ def test_retransmitted_syn_in_syn_received_gets_syn_ack_again(isn):
     peer.syn(0.0)
     expect(stack, 0.0, S("S.", seq=Y, ack=X + 1))
     peer.syn(0.5)  # our SYN-ACK was lost; the peer's SYN timer fired
-    expect(stack, 0.5, S("S.", seq=Y, ack=X + 1, mss=1460))
+    expect(stack, 0.5, S("S.", seq=Y, ack=X + 1, mss=our_mss()))
     assert len(stack.connections()) == 2  # one half-open connection and the listener
 
 
@@ -188,11 +194,11 @@ def test_syn_ack_retransmission_keeps_the_options_of_the_first(isn):
     isn.set(Y)
     plain.syn(0.0, mss=1400)
     scaled.syn(0.0, mss=1400, wscale=9)
-    expect(stack, 0.0, S("S.", dport=40001, mss=1460, wscale=False),
-           S("S.", dport=40002, mss=1460, wscale=3))
+    expect(stack, 0.0, S("S.", dport=40001, mss=our_mss(), wscale=False),
+           S("S.", dport=40002, mss=our_mss(), wscale=3))
     stack.handle_timers(1.0)  # RTO: both resent
-    expect(stack, 1.0, S("S.", dport=40001, seq=Y, ack=X + 1, mss=1460, wscale=False),
-           S("S.", dport=40002, seq=Y, ack=X + 1, mss=1460, wscale=3))
+    expect(stack, 1.0, S("S.", dport=40001, seq=Y, ack=X + 1, mss=our_mss(), wscale=False),
+           S("S.", dport=40002, seq=Y, ack=X + 1, mss=our_mss(), wscale=3))
     plain.syn(1.5, mss=1400)  # and in answer to a retransmitted SYN
     scaled.syn(1.5, mss=1400, wscale=9)
     expect(stack, 1.5, S("S.", dport=40001, wscale=False), S("S.", dport=40002, wscale=3))
@@ -214,15 +220,15 @@ def test_syn_ack_echoes_scale_0_when_peer_scales_and_we_do_not(isn):
 def test_syn_retransmission_backoff_then_timeout(isn):
     stack = make_stack()  # rto_initial 1.0, syn_retries 6
     isn.set(Y)
-    cid = stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
-    expect(stack, 0.0, S("S", seq=Y, mss=1460, wscale=3))
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
+    expect(stack, 0.0, S("S", seq=Y, mss=our_mss(), wscale=3))
     events(stack)
     for t in (1.0, 3.0, 7.0, 15.0, 31.0, 63.0):
         assert stack.next_deadline() == t
         stack.handle_timers(t - 0.001)
         expect(stack, t - 0.001)
         stack.handle_timers(t)
-        expect(stack, t, S("S", seq=Y, ack=0, mss=1460, wscale=3))
+        expect(stack, t, S("S", seq=Y, ack=0, mss=our_mss(), wscale=3))
         assert stack.state(cid) is State.SYN_SENT
     assert events(stack) == []
     assert stack.next_deadline() == 127.0
@@ -240,7 +246,7 @@ def test_syn_retransmission_backoff_then_timeout(isn):
 def test_syn_retries_configurable(isn):
     stack = make_stack(syn_retries=2, rto_initial=0.5)
     isn.set(Y)
-    cid = stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     expect(stack, 0.0, S("S"))
     for t in (0.5, 1.5):
         stack.handle_timers(t)
@@ -264,7 +270,7 @@ def test_syn_ack_retransmission_then_half_open_vanishes(isn):
         stack.handle_timers(t - 0.001)
         expect(stack, t - 0.001)
         stack.handle_timers(t)
-        expect(stack, t, S("S.", seq=Y, ack=X + 1, mss=1460))
+        expect(stack, t, S("S.", seq=Y, ack=X + 1, mss=our_mss()))
     assert stack.connections()[-1]["half_open"] == 1
     assert stack.next_deadline() == 63.0
     stack.handle_timers(63.0)
@@ -321,7 +327,7 @@ def _syn_received(isn, how: str):
         peer = Peer(stack, iss=X)
         peer.syn(0.0)
     else:
-        stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+        stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
         expect(stack, 0.0, S("S", seq=Y))
         peer = Peer(stack, port=80, stack_port=50000, iss=X)
         peer.syn(0.0)
@@ -358,10 +364,10 @@ def test_isn_differs_per_four_tuple():
     stack = make_stack()
     seqs = []
     for lport in (50000, 50001, 50002):
-        stack.connect("10.0.0.2", 80, 5.0, local_port=lport)
+        stack.connect(tcp_helpers.REMOTE, 80, 5.0, local_port=lport)
         [syn] = expect(stack, 5.0, S("S"))
         seqs.append(syn.seq)
-    stack.connect("10.0.0.3", 80, 5.0, local_port=50000)
+    stack.connect(tcp_helpers.OTHER, 80, 5.0, local_port=50000)
     [syn] = expect(stack, 5.0, S("S"))
     seqs.append(syn.seq)
     assert len(set(seqs)) == 4
@@ -371,26 +377,26 @@ def test_isn_uses_the_secret():
     a = make_stack(isn_secret=b"one")
     b = make_stack(isn_secret=b"two")
     for s in (a, b):
-        s.connect("10.0.0.2", 80, 0.0, local_port=50000)
+        s.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     assert expect(a, 0.0, S("S"))[0].seq != expect(b, 0.0, S("S"))[0].seq
 
 
 def test_isn_advances_with_a_4_microsecond_clock():
-    args = (b"secret", addr_to_int("10.0.0.1"), 50000, addr_to_int("10.0.0.2"), 80)
+    args = (b"secret", addr_to_int(tcp_helpers.LOCAL), 50000, addr_to_int(tcp_helpers.REMOTE), 80)
     base = initial_sequence_number(*args, 100.0)
     assert initial_sequence_number(*args, 101.0) == seq_add(base, 250_000)
     assert initial_sequence_number(*args, 100.000004) == seq_add(base, 1)
     # Through the stack: the same 4-tuple a second later starts 250000 further on.
     stack = make_stack(isn_secret=b"secret")
-    cid = stack.connect("10.0.0.2", 80, 100.0, local_port=50000)
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 100.0, local_port=50000)
     assert expect(stack, 100.0, S("S"))[0].seq == base
     stack.abort(cid, 100.5)
-    stack.connect("10.0.0.2", 80, 101.0, local_port=50000)
+    stack.connect(tcp_helpers.REMOTE, 80, 101.0, local_port=50000)
     assert expect(stack, 101.0, S("S"))[0].seq == seq_add(base, 250_000)
 
 
 def test_isn_never_zero_or_one():
-    args = (b"k", addr_to_int("10.0.0.1"), 1234, addr_to_int("10.0.0.2"), 80)
+    args = (b"k", addr_to_int(tcp_helpers.LOCAL), 1234, addr_to_int(tcp_helpers.REMOTE), 80)
     digest = initial_sequence_number(*args, 0.0)  # the keyed hash alone (time 0)
     assert digest > 1
     for target, expected in ((0, 2), (1, 3), (2, 2)):
@@ -404,9 +410,9 @@ def test_isn_fixture_controls_wrap(isn):
     """The fixture itself: a connection can start right below 2**32."""
     isn.set(2**32 - 1)
     stack = make_stack()
-    stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+    stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     expect(stack, 0.0, S("S", seq=2**32 - 1))
-    assert isn.calls and isn.calls[-1][1:4] == (50000, addr_to_int("10.0.0.2"), 80)
+    assert isn.calls and isn.calls[-1][1:4] == (50000, addr_to_int(tcp_helpers.REMOTE), 80)
     peer = Peer(stack, port=80, stack_port=50000, iss=7)
     peer.syn_ack(0.1, ack=0)  # 2**32 - 1 + 1 wraps to 0
     expect(stack, 0.1, S(".", seq=0, ack=8))
@@ -415,6 +421,6 @@ def test_isn_fixture_controls_wrap(isn):
 def test_tcp_config_is_what_the_stack_uses():
     cfg = TcpConfig(isn_secret=b"s", mss=1000, window_scale=False)
     from usertcp.stack import Stack
-    stack = Stack("10.0.0.1", config=cfg)
-    stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
-    expect(stack, 0.0, S("S", mss=1000, wscale=False, win=65535))
+    stack = Stack(tcp_helpers.LOCAL, config=cfg)
+    stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
+    expect(stack, 0.0, S("S", mss=our_mss(1000), wscale=False, win=65535))

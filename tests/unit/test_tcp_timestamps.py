@@ -7,7 +7,10 @@ which wraps 3 ms in. Times in these ladders are binary fractions, so t * 1000 is
 """
 
 import pytest
-from tcp_helpers import (
+import tcp_helpers
+from tcp_helpers import (  # noqa: F401 (family: a fixture)
+    family,
+    our_mss,
     ACK,
     FIN,
     OUR_ISS,
@@ -29,6 +32,9 @@ Y = OUR_ISS
 X = PEER_ISS
 MASK = 2**32 - 1
 DAY = 86400.0
+
+# Every ladder here runs over IPv4 and over IPv6 (tcp_helpers.family).
+pytestmark = pytest.mark.usefixtures("family")
 
 
 def ts(t: float, iss: int = Y, opened: float = 0.0) -> int:
@@ -66,7 +72,7 @@ def test_negotiation_passive(isn, ours, theirs):
     peer.syn(0.0, ts=700 if theirs else None)
     both = ours and theirs
     # The SYN-ACK's TSval is our ISS (the clock's origin), TSecr the SYN's TSval.
-    [synack] = expect(stack, 0.0, S("S.", seq=Y, ack=X + 1, mss=1460, ts=(Y, 700) if both else False))
+    [synack] = expect(stack, 0.0, S("S.", seq=Y, ack=X + 1, mss=our_mss(), ts=(Y, 700) if both else False))
     peer.took(synack)
     if both:
         peer.ts_ecr = synack.ts_val
@@ -75,10 +81,12 @@ def test_negotiation_passive(isn, ours, theirs):
     [cid] = [e.conn_id for e in events(stack) if type(e).__name__ == "ConnectionAccepted"]
     assert info(stack, cid)["timestamps"] is both
     stack.send(cid, b"x" * 2000, 1.0)
-    # With timestamps 12 bytes of every segment are TSopt: 1448 bytes of data, not 1460.
+    # With timestamps 12 bytes of every segment are TSopt: 1448 bytes of data, not 1460
+    # (over IPv6: 1428, not 1440).
+    first = our_mss() - 12 if both else our_mss()
     expect(stack, 1.0,
-           S(".", seq=Y + 1, len=1448 if both else 1460, ts=(ts(1.0), 700) if both else False),
-           S("P.", seq=Y + 1 + (1448 if both else 1460), len=552 if both else 540,
+           S(".", seq=Y + 1, len=first, ts=(ts(1.0), 700) if both else False),
+           S("P.", seq=Y + 1 + first, len=2000 - first,
              ts=(ts(1.0), 700) if both else False))
 
 
@@ -88,7 +96,7 @@ def test_negotiation_active(isn, ours, theirs):
     """Our SYN offers TSopt (TSecr 0) when configured; on only if the SYN-ACK answers with it."""
     stack = make_stack(timestamps=ours)
     isn.set(Y)
-    cid = stack.connect("10.0.0.2", 80, 0.0, local_port=50000)
+    cid = stack.connect(tcp_helpers.REMOTE, 80, 0.0, local_port=50000)
     [syn] = expect(stack, 0.0, S("S", seq=Y, ts=(Y, 0) if ours else False))
     peer = Peer(stack, port=80, stack_port=50000, iss=X)
     peer.took(syn)
@@ -97,7 +105,7 @@ def test_negotiation_active(isn, ours, theirs):
     both = ours and theirs
     expect(stack, 0.5, S(".", seq=Y + 1, ack=X + 1, ts=(ts(0.5), 900) if both else False))
     assert info(stack, cid)["timestamps"] is both
-    assert info(stack, cid)["mss"] == (1448 if both else 1460)
+    assert info(stack, cid)["mss"] == (our_mss() - 12 if both else our_mss())
 
 
 def test_synack_retransmission_keeps_timestamps(isn):
@@ -131,9 +139,10 @@ def test_tso_super_segments_are_whole_effective_mss(isn):
     stack, _peer, cid = opened(isn, tso_max=65535 - 80)
     stack.send(cid, bytes(40000), 1.0)
     # Initial window: 10 segments of 1448 (MSS 1460 less TSopt), in one super-segment
-    # which the device cuts at 1500 - 20 - 32 = 1448 bytes.
-    [seg] = expect(stack, 1.0, S(".", seq=Y + 1, len=14480, ts=(ts(1.0), 1000)))
-    assert len(seg.payload) % 1448 == 0
+    # which the device cuts at 1500 - 20 - 32 = 1448 bytes (1428 over IPv6: 40 + 32).
+    mss = our_mss() - 12
+    [seg] = expect(stack, 1.0, S(".", seq=Y + 1, len=10 * mss, ts=(ts(1.0), 1000)))
+    assert len(seg.payload) % mss == 0
 
 
 # ------------------------------------------------------------------ TS.Recent

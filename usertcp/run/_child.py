@@ -34,6 +34,7 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SLAVE = 1 << 19
 PR_SET_PDEATHSIG = 1
+IFA_F_NODAD = 0x02  # linux/if_addr.h
 
 TUN_PATH = "/dev/net/tun"
 # The same values as usertcp.phy.vnet (a test checks they agree).
@@ -198,17 +199,35 @@ def _open_tun(ifname: str, offload: bool) -> int:
     return fd
 
 
+def _ipv6_sysctls(ifname: str, warnings: list[str]) -> bool:
+    """IPv6 on, but quiet: no router solicitations (usertcp is no router that advertises) and
+    no address autoconfiguration from advertisements. False: IPv6 stays off (with a warning)."""
+    conf = f"/proc/sys/net/ipv6/conf/{ifname}"
+    try:
+        for name, value in (("accept_ra", "0"), ("router_solicitations", "0"),
+                            ("disable_ipv6", "0")):
+            _write(f"{conf}/{name}", value)
+    except OSError as exc:
+        warnings.append(f"the program has no IPv6 ({conf}: {exc.strerror})")
+        return False
+    return True
+
+
 def _configure(cfg: dict, rootless: bool, warnings: list[str]) -> None:
     from pyroute2 import IPRoute, NetlinkError  # after unshare: a user namespace needs one thread
 
     ifname = cfg["ifname"]
     address, prefixlen = cfg["address"].split("/")
-    # Before the link is up, so it never sends a router solicitation or MLD report.
-    try:
-        _write(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "1")
-    except OSError:
-        pass  # no IPv6 in this kernel, or /proc/sys read-only: the stack drops IPv6 anyway
-    # Unprivileged ping (ICMP datagram sockets); in a user namespace only our own gid is mapped.
+    address6 = cfg.get("address6")
+    # Before the link is up, so it never sends a router solicitation.
+    ipv6 = bool(address6) and _ipv6_sysctls(ifname, warnings)
+    if not address6:
+        try:
+            _write(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "1")
+        except OSError:
+            pass  # no IPv6 in this kernel, or /proc/sys read-only: the stack drops IPv6 anyway
+    # Unprivileged ping (ICMP datagram sockets, IPv6's too); in a user namespace only our own
+    # gid is mapped.
     gid = os.getegid()
     groups = f"{gid} {gid}" if rootless else "0 2147483647"
     try:
@@ -225,10 +244,20 @@ def _configure(cfg: dict, rootless: bool, warnings: list[str]) -> None:
             ipr.link("set", index=index, mtu=cfg["mtu"], txqlen=TX_QUEUE_LEN)
             step = f"address {cfg['address']}"
             ipr.addr("add", index=index, address=address, prefixlen=int(prefixlen))
+            if ipv6:
+                step = f"address {address6}"
+                a6, p6 = address6.split("/")
+                # nodad: nobody else is on this link, and the address is usable at once.
+                ipr.addr("add", index=index, family=socket.AF_INET6, address=a6,
+                         prefixlen=int(p6), flags=IFA_F_NODAD)
             step = "link up"
             ipr.link("set", index=index, state="up")
             step = f"default route via {cfg['gateway']}"
             ipr.route("add", dst="0.0.0.0/0", gateway=cfg["gateway"], oif=index)
+            if ipv6:
+                step = f"default route via {cfg['gateway6']}"
+                ipr.route("add", family=socket.AF_INET6, dst="::/0",
+                          gateway=cfg["gateway6"], oif=index)
     except NetlinkError as exc:
         text = os.strerror(exc.code) if exc.code else str(exc)
         raise SetupError(f"cannot configure {ifname!r} in the new namespace ({step}): {text}") \

@@ -8,8 +8,9 @@ socket, and gives the answers back to the stack through a `sender`:
     sender.send_datagram(data, src, dst)        # src: what the program sent to; dst: the program
     sender.send_echo_reply(src, dst, ident, seq, data)
 
-Addresses the program sees are slirp4netns's: the gateway (10.0.2.2) is usertcp's own loopback,
-and the DNS address (10.0.2.3) port 53 is the resolver of usertcp's /etc/resolv.conf.
+Addresses the program sees are slirp4netns's: the gateway (10.0.2.2, fd00::2) is usertcp's own
+loopback (127.0.0.1, ::1), and the DNS address (10.0.2.3, fd00::3) port 53 is the resolver of
+usertcp's /etc/resolv.conf, whatever its family; other addresses of fd00::/64 have no host.
 
 Memory and descriptors are bounded: at most `max_flows` sockets (the least recently used goes when
 a new flow needs one), at most MAX_QUEUED datagrams waiting while a flow's socket is made,
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import ipaddress
 import random
 import socket
 import struct
@@ -28,6 +30,7 @@ from collections.abc import Callable
 
 import structlog
 
+from ..wire import icmpv6
 from ..wire.checksum import word_sum
 from ..wire.icmp import (ECHO_REPLY, ECHO_REQUEST, UNREACH_ADMIN, UNREACH_HOST, UNREACH_NET,
                          UNREACH_PORT, build_echo_message)
@@ -51,6 +54,7 @@ READ_BATCH = 64  # ICMP socket reads per readiness callback
 
 SOL_RAW = 255
 ICMP_FILTER = 1  # linux/icmp.h: a bit mask of ICMP types a raw socket does not want
+ICMP6_FILTER = 1  # linux/icmpv6.h (level IPPROTO_ICMPV6): 256 bits, set = blocked
 
 _ECHO = struct.Struct("!BBHHH")
 
@@ -68,7 +72,7 @@ COUNTERS = (
     "udp_flows_opened", "udp_flows_idle_closed", "udp_flows_evicted",
     "udp_broadcast_dropped", "udp_multicast_dropped", "udp_bad_destination",
     "udp_dns_other_port", "udp_dns_no_resolver", "udp_queue_full", "udp_send_buffer_full",
-    "udp_connect_failed", "udp_refused", "udp_unreachable", "udp_socket_errors",
+    "udp_connect_failed", "udp_refused", "udp_unreachable", "udp_socket_errors", "udp_no_host",
     "icmp_echo_relayed", "icmp_echo_replies", "icmp_echo_unrelayed", "icmp_echo_dropped",
     "icmp_echo_timed_out", "icmp_echo_evicted", "icmp_echo_send_failed", "icmp_echo_unmatched",
     "datagrams_after_close",
@@ -76,22 +80,29 @@ COUNTERS = (
 
 
 def first_nameserver(path: str = "/etc/resolv.conf") -> str | None:
-    """The first IPv4 `nameserver` of a resolv.conf, or None (no file, none listed, IPv6 only)."""
+    """The first IPv4 `nameserver` of a resolv.conf, else its first unscoped IPv6 one, or None
+    (no file, none listed)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read(65536).splitlines()
     except OSError:
         return None
+    ipv6 = None
     for line in lines:
         fields = line.split()
         if len(fields) >= 2 and fields[0] == "nameserver":
             try:
                 if addr_to_int(fields[1]) > 0xFFFFFFFF:
-                    continue  # IPv6: the relay is IPv4 for now
+                    ipv6 = ipv6 or str(ipaddress.IPv6Address(fields[1]))
+                    continue  # IPv4 first: where both work, as before IPv6 was relayed
             except ValueError:  # garbage, or a scoped IPv6 address (fe80::1%eth0)
                 continue
             return fields[1]
-    return None
+    return ipv6
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _never_relayed(a: int) -> bool:
@@ -147,9 +158,12 @@ class DatagramRelay:
     `build_unreachable(dst, build_udp(src, dst, sport, dport, b""), code)` (Linux matches an
     error to its socket by the quoted addresses and ports). None: nothing is called.
 
-    `resolver`: the IPv4 address whose port 53 answers the DNS address; None reads the first IPv4
-    `nameserver` of `resolv_conf` once, here; "" means none (DNS datagrams are answered with
-    port unreachable).
+    `resolver`: the address whose port 53 answers the DNS address; None reads the first
+    `nameserver` of `resolv_conf` once, here (see first_nameserver); "" means none (DNS datagrams
+    are answered with port unreachable).
+
+    IPv6: `gateway6`, `dns6` and `loopback6` as their IPv4 namesakes; other addresses of
+    `subnet6` have no host (address unreachable); any other address is sent to as it is.
     """
 
     def __init__(self, sender, *, gateway: str = "10.0.2.2", dns: str = "10.0.2.3",
@@ -158,7 +172,8 @@ class DatagramRelay:
                  unreachable: UnreachableHook | None = None, broadcast: str = "10.0.2.255",
                  echo_timeout: float = DEFAULT_ECHO_TIMEOUT,
                  max_echoes: int = DEFAULT_MAX_ECHOES, resolv_conf: str = "/etc/resolv.conf",
-                 logger=None):
+                 logger=None, gateway6: str = "fd00::2", dns6: str = "fd00::3",
+                 loopback6: str = "::1", subnet6: str = "fd00::/64"):
         if idle_timeout <= 0 or echo_timeout <= 0:
             raise ValueError("timeouts must be positive")
         if max_flows < 1 or not 1 <= max_echoes < 65536:
@@ -174,6 +189,11 @@ class DatagramRelay:
         self.dns = dns
         self.loopback = loopback
         self.resolver = resolver or None
+        # Compressed text, as the stack gives addresses and sockets report them.
+        self.gateway6 = str(ipaddress.IPv6Address(gateway6))
+        self.dns6 = str(ipaddress.IPv6Address(dns6))
+        self.loopback6 = str(ipaddress.IPv6Address(loopback6))
+        self.subnet6 = ipaddress.IPv6Network(subnet6)
         self.broadcast = addr_to_int(broadcast)
         self.idle_timeout = idle_timeout
         self.max_flows = max_flows
@@ -191,6 +211,9 @@ class DatagramRelay:
         self._icmp: socket.socket | None = None
         self._icmp_mode: str | None = None  # "dgram", "raw" or "none" once tried
         self._icmp_ident = 0
+        self._icmp6: socket.socket | None = None  # ICMPv6, as the three above
+        self._icmp6_mode: str | None = None
+        self._icmp6_ident = 0
         self._next_seq = random.getrandbits(16)
         self._echoes: collections.OrderedDict[int, _Echo] = collections.OrderedDict()
         self._echo_timer: asyncio.TimerHandle | None = None
@@ -221,19 +244,26 @@ class DatagramRelay:
         if self._closed:
             c["datagrams_after_close"] += 1
             return
-        a = addr_to_int(dst)
-        if a == 0xFFFFFFFF or a == self.broadcast or a >> 28 == 14 or _never_relayed(a):
-            c["icmp_echo_dropped"] += 1
-            return
-        target = dst
-        if dst == self.gateway:  # the stack answers these itself; map it anyway, as UDP does
-            target = self.loopback
-        elif dst == self.dns:
-            if not self.resolver:
+        if ":" in dst:
+            target = self._echo_target6(dst)
+            if target is None:
                 c["icmp_echo_dropped"] += 1
                 return
-            target = self.resolver
-        sock = self._icmp_socket()
+        else:
+            a = addr_to_int(dst)
+            if a == 0xFFFFFFFF or a == self.broadcast or a >> 28 == 14 or _never_relayed(a):
+                c["icmp_echo_dropped"] += 1
+                return
+            target = dst
+            if dst == self.gateway:  # the stack answers these itself; map it anyway, as UDP does
+                target = self.loopback
+            elif dst == self.dns:
+                if not self.resolver:
+                    c["icmp_echo_dropped"] += 1
+                    return
+                target = self.resolver
+        v6 = ":" in target
+        sock = self._icmp6_socket() if v6 else self._icmp_socket()
         if sock is None:
             c["icmp_echo_unrelayed"] += 1
             return
@@ -244,7 +274,13 @@ class DatagramRelay:
         our_seq = self._free_seq()
         # With a ping socket the kernel writes its own identifier over ours; the sequence number,
         # ours and unique among the outstanding requests, finds the request again.
-        message = build_echo_message(ECHO_REQUEST, self._icmp_ident, our_seq, data)
+        if v6:
+            target = str(ipaddress.IPv6Address(target))  # as recvfrom will name it
+            # The kernel fills in ICMPv6's checksum (it covers the addresses it picks).
+            message = struct.pack("!BBHHH", icmpv6.ECHO_REQUEST, 0, 0, self._icmp6_ident,
+                                  our_seq) + bytes(data)
+        else:
+            message = build_echo_message(ECHO_REQUEST, self._icmp_ident, our_seq, data)
         try:
             sock.sendto(message, (target, 0))
         except OSError as exc:  # unroutable, or the send buffer is full: ping sees a loss
@@ -268,6 +304,11 @@ class DatagramRelay:
         """How echo requests are relayed: "dgram" (ping socket), "raw", "none"; None: not yet."""
         return self._icmp_mode
 
+    @property
+    def icmp6_mode(self) -> str | None:
+        """As icmp_mode, for echo requests to IPv6 addresses."""
+        return self._icmp6_mode
+
     def close(self) -> None:
         """Close every socket; what arrives afterwards is counted and dropped."""
         if self._closed:
@@ -280,11 +321,12 @@ class DatagramRelay:
         for flow in list(self._flows.values()):
             self._close_flow(flow)
         self._echoes.clear()
-        if self._icmp is not None:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(self._icmp.fileno())
-            self._icmp.close()
-            self._icmp = None
+        for sock in (self._icmp, self._icmp6):
+            if sock is not None:
+                if self._loop is not None and not self._loop.is_closed():
+                    self._loop.remove_reader(sock.fileno())
+                sock.close()
+        self._icmp = self._icmp6 = None
 
     # ------------------------------------------------------------ UDP
 
@@ -294,6 +336,8 @@ class DatagramRelay:
             self._loop = asyncio.get_running_loop()
         c = self.counters
         addr, port = dst
+        if ":" in addr:
+            return self._remote_for6(src, dst)
         a = addr_to_int(addr)
         if a == 0xFFFFFFFF or a == self.broadcast:
             c["udp_broadcast_dropped"] += 1
@@ -317,6 +361,34 @@ class DatagramRelay:
             return None
         return addr, port
 
+    def _remote_for6(self, src: Address, dst: Address) -> Address | None:
+        c = self.counters
+        addr, port = dst
+        a = ipaddress.IPv6Address(addr)
+        if a.is_multicast:
+            c["udp_multicast_dropped"] += 1
+            return None
+        if a.is_unspecified or a.is_loopback or port == 0:
+            c["udp_bad_destination"] += 1
+            return None
+        text = str(a)
+        if text == self.gateway6:
+            return self.loopback6, port
+        if text == self.dns6:
+            if port != 53:
+                c["udp_dns_other_port"] += 1
+            elif not self.resolver:
+                c["udp_dns_no_resolver"] += 1
+            else:
+                return self.resolver, 53
+            self._call_unreachable(src, dst, UNREACH_PORT)
+            return None
+        if a in self.subnet6:
+            c["udp_no_host"] += 1
+            self._call_unreachable(src, dst, UNREACH_HOST)
+            return None
+        return text, port
+
     def _open_flow(self, src: Address, dst: Address, remote: Address) -> _Flow:
         if len(self._flows) >= self.max_flows:
             _key, oldest = next(iter(self._flows.items()))
@@ -334,13 +406,13 @@ class DatagramRelay:
     async def _connect(self, flow: _Flow) -> None:
         try:
             await self._loop.create_datagram_endpoint(lambda: flow, remote_addr=flow.remote,
-                                                      family=socket.AF_INET)
+                                                      family=_family(flow.remote[0]))
         except OSError as exc:
             self.counters["udp_connect_failed"] += 1
             self.log.debug("udp connect failed", remote=flow.remote, error=str(exc))
             if not flow.closed:
                 self._close_flow(flow)
-                code = _UNREACH_FOR_ERRNO.get(exc.errno)
+                code = self._connect_failure(flow, exc)
                 if code is not None:
                     self._call_unreachable(flow.program, flow.destination, code)
             return
@@ -350,6 +422,16 @@ class DatagramRelay:
         queued, flow.queue = flow.queue, []
         for data in queued:
             self._send(flow, data)
+
+    def _connect_failure(self, flow: _Flow, exc: OSError) -> int | None:
+        """The unreachable code for a flow whose socket could not connect, or None."""
+        if ":" in flow.remote[0] and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL,
+                                                   errno.ENETUNREACH, errno.EHOSTUNREACH):
+            if flow.destination[0] == self.gateway6:
+                return UNREACH_PORT  # no ::1 in usertcp's namespace: nothing listens there
+            if exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                return UNREACH_NET  # no IPv6 here at all: as a host without an IPv6 route
+        return _UNREACH_FOR_ERRNO.get(exc.errno)
 
     def _send(self, flow: _Flow, data) -> None:
         c = self.counters
@@ -449,6 +531,79 @@ class DatagramRelay:
         self._icmp = sock
         self._loop.add_reader(sock.fileno(), self._icmp_readable)
         return sock
+
+    def _echo_target6(self, dst: str) -> str | None:
+        """Where an echo request to IPv6 `dst` goes, or None: dropped."""
+        a = ipaddress.IPv6Address(dst)
+        if a.is_multicast or a.is_unspecified or a.is_loopback:
+            return None
+        text = str(a)
+        if text == self.gateway6:  # the stack answers these itself; mapped as for IPv4
+            return self.loopback6
+        if text == self.dns6:
+            return self.resolver  # of either family; None (dropped) without one
+        if a in self.subnet6:
+            return None  # no host there
+        return text
+
+    def _icmp6_socket(self) -> socket.socket | None:
+        """As _icmp_socket, for ICMPv6 (the same ping_group_range governs its ping sockets)."""
+        if self._icmp6_mode is not None:
+            return self._icmp6
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        sock = None
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6)
+            self._icmp6_mode = "dgram"
+        except OSError as dgram_exc:
+            try:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+                blocked = [0xFFFFFFFF] * 8
+                blocked[icmpv6.ECHO_REPLY >> 5] &= ~(1 << (icmpv6.ECHO_REPLY & 31))
+                sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("8I", *blocked))
+                self._icmp6_mode = "raw"
+                self._icmp6_ident = random.getrandbits(16)
+            except OSError as raw_exc:
+                if sock is not None:
+                    sock.close()
+                self._icmp6_mode = "none"
+                self.log.warning("IPv6 ping is not relayed: neither a ping socket nor a raw "
+                                 "socket", ping_socket=str(dgram_exc), raw_socket=str(raw_exc))
+                return None
+        sock.setblocking(False)
+        self._icmp6 = sock
+        self._loop.add_reader(sock.fileno(), self._icmp6_readable)
+        return sock
+
+    def _icmp6_readable(self) -> None:
+        c = self.counters
+        raw = self._icmp6_mode == "raw"
+        for _ in range(READ_BATCH):
+            sock = self._icmp6
+            if sock is None or self._closed:
+                return
+            try:
+                message, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.log.debug("icmpv6 socket error", error=str(exc))
+                continue
+            # Both kinds of socket read the ICMPv6 message alone, its checksum checked already.
+            if len(message) < 8 or message[0] != icmpv6.ECHO_REPLY or message[1] != 0:
+                continue
+            _t, _c, _csum, ident, our_seq = _ECHO.unpack_from(message)
+            if raw and ident != self._icmp6_ident:
+                continue
+            echo = self._echoes.get(our_seq)
+            if echo is None or addr[0] != echo.target:
+                c["icmp_echo_unmatched"] += 1
+                continue
+            del self._echoes[our_seq]
+            c["icmp_echo_replies"] += 1
+            self.sender.send_echo_reply(echo.pinged, echo.program, echo.ident, echo.seq,
+                                        message[8:])
 
     def _free_seq(self) -> int:
         # The table holds fewer than 65536 entries, so this ends within max_echoes + 1 steps.

@@ -66,8 +66,13 @@ def spawn(
     address: str = "10.0.2.100/24",
     gateway: str = "10.0.2.2",
     dns: str = "10.0.2.3",
+    address6: str | None = "fd00::100/64",
+    gateway6: str | None = "fd00::2",
 ) -> Sandbox:
     """Make the namespace for COMMAND and return with it blocked before exec.
+
+    `address6`/`gateway6`: the program's IPv6 address and default route (None: no IPv6; where
+    the kernel has none, the sandbox's warnings say so). /etc/resolv.conf names `dns` only.
 
     Raises SandboxError (or another DeviceError for a bad name, MTU or address); on every error
     nothing is left behind.
@@ -82,6 +87,16 @@ def spawn(
             ipaddress.IPv4Address(text)
         except ValueError:
             raise InvalidAddress(f"malformed {what} address {text!r}: expected IPv4") from None
+    iface6 = None
+    if address6 is not None or gateway6 is not None:
+        try:
+            if "/" not in (address6 or ""):
+                raise ValueError
+            iface6 = ipaddress.IPv6Interface(address6 or "")
+            ipaddress.IPv6Address(gateway6 or "")
+        except ValueError:
+            raise InvalidAddress(f"malformed IPv6 address {address6!r} or gateway {gateway6!r}: "
+                                 f"expected ADDR/PREFIX and an address") from None
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         resolv_fd, resolv_path = tempfile.mkstemp(prefix="usertcp-resolv-", suffix=".conf")
@@ -104,6 +119,8 @@ def spawn(
             "ifname": ifname,
             "address": f"{iface.ip}/{iface.network.prefixlen}",
             "gateway": gateway,
+            "address6": f"{iface6.ip}/{iface6.network.prefixlen}" if iface6 else None,
+            "gateway6": str(ipaddress.IPv6Address(gateway6)) if iface6 else None,
             "resolv": resolv_path,
         }
         try:

@@ -15,6 +15,7 @@ mark of transport buffer.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
 import struct
@@ -31,7 +32,7 @@ class Pair:
     __slots__ = ("inside", "outside", "eof_from_inside", "eof_from_outside", "done",
                  "relay", "dialled", "bytes_out", "bytes_in")
 
-    def __init__(self, relay: Relay, dialled: tuple[str, int]):
+    def __init__(self, relay: Relay, dialled: tuple):
         self.relay = relay
         self.dialled = dialled
         self.inside: asyncio.Transport | None = None  # the program's connection (usertcp)
@@ -60,7 +61,7 @@ class Pair:
                 transport.abort()
             else:
                 transport.close()
-        self.relay.log.debug("relay.closed", dialled=f"{self.dialled[0]}:{self.dialled[1]}",
+        self.relay.log.debug("relay.closed", dialled=_hostport(*self.dialled[:2]),
                              bytes_out=self.bytes_out, bytes_in=self.bytes_in, reset=reset)
 
 
@@ -178,28 +179,40 @@ class _Inside(_Side):
             pair.outside.resume_reading()
 
 
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Relay:
     """Admits and carries every TCP connection the program opens.
 
-    `destination((address, port))` maps what the program dialled to where the kernel socket
-    connects: the gateway to `loopback`, the DNS address's port 53 to the resolver, other
-    addresses of the program's own subnet to nowhere (host unreachable).
+    `destination((address, port[, flowinfo, scope]))` maps what the program dialled to where
+    the kernel socket connects: the gateway (`gateway`, `gateway6`) to `loopback` (`loopback6`),
+    the DNS address's (`dns`, `dns6`) port 53 to the resolver (of either family), other
+    addresses of the program's own subnets to nowhere (host unreachable).
     """
 
     def __init__(self, *, gateway: str = "10.0.2.2", dns: str = "10.0.2.3",
                  subnet: str = "10.0.2.0/24", loopback: str = "127.0.0.1",
-                 resolver: str | None = None, log=None):
+                 resolver: str | None = None, log=None, gateway6: str = "fd00::2",
+                 dns6: str = "fd00::3", subnet6: str = "fd00::/64", loopback6: str = "::1"):
         self.gateway = gateway
         self.dns = dns
         self.subnet = ipaddress.IPv4Network(subnet)
         self.loopback = loopback
+        self.gateway6 = ipaddress.IPv6Address(gateway6)
+        self.dns6 = ipaddress.IPv6Address(dns6)
+        self.subnet6 = ipaddress.IPv6Network(subnet6)
+        self.loopback6 = loopback6
         self.resolver = resolver
         self.pairs: set[Pair] = set()
         self.counters: Counter[str] = Counter()
         self.log = log or structlog.get_logger("usertcp.run")
 
-    def destination(self, dialled: tuple[str, int]) -> tuple[str, int]:
-        host, port = dialled
+    def destination(self, dialled: tuple) -> tuple[str, int]:
+        host, port = dialled[0], dialled[1]
+        if ":" in host:
+            return self._destination6(ipaddress.IPv6Address(host), port)
         if host == self.gateway:
             return self.loopback, port
         if host == self.dns and port == 53 and self.resolver:
@@ -208,24 +221,51 @@ class Relay:
             raise OSError(113, f"no host {host} on the program's network")  # EHOSTUNREACH
         return host, port
 
-    async def admit(self, sockname: tuple[str, int], peername: tuple[str, int]) -> Pair:
+    def _destination6(self, addr: ipaddress.IPv6Address, port: int) -> tuple[str, int]:
+        if addr == self.gateway6:
+            return self.loopback6, port
+        if addr == self.dns6 and port == 53 and self.resolver:
+            return self.resolver, 53  # the resolver's family need not be the program's
+        if addr in self.subnet6:
+            raise OSError(113, f"no host {addr} on the program's network")  # EHOSTUNREACH
+        return str(addr), port
+
+    async def admit(self, sockname: tuple, peername: tuple) -> Pair:
         """Connect to where the program is going; raise as the kernel did, or hand back the
         joined pair for the program's connection once its handshake completes."""
         pair = Pair(self, sockname)
         try:
             host, port = self.destination(sockname)
-            await asyncio.get_running_loop().create_connection(lambda: _Outside(pair), host, port)
+            try:
+                await asyncio.get_running_loop().create_connection(
+                    lambda: _Outside(pair), host, port)
+            except OSError as exc:
+                raise self._failure(sockname, host, exc) from None
             pair.outside.pause_reading()  # a server that speaks first waits for the program
         except OSError as exc:
             self.counters["connect_failed"] += 1
-            self.log.info("relay.refused", dialled=f"{sockname[0]}:{sockname[1]}",
-                          program=f"{peername[0]}:{peername[1]}", error=str(exc))
+            self.log.info("relay.refused", dialled=_hostport(*sockname[:2]),
+                          program=_hostport(*peername[:2]), error=str(exc))
             raise
         self.counters["connections"] += 1
         self.pairs.add(pair)
-        self.log.info("relay.connected", dialled=f"{sockname[0]}:{sockname[1]}",
-                      program=f"{peername[0]}:{peername[1]}", to=f"{host}:{port}")
+        self.log.info("relay.connected", dialled=_hostport(*sockname[:2]),
+                      program=_hostport(*peername[:2]), to=_hostport(host, port))
         return pair
+
+    def _failure(self, dialled: tuple, host: str, exc: OSError) -> OSError:
+        """What the program is told when usertcp's own socket could not connect: failures of
+        IPv6 itself (switched off here, no address, no route) as the kernel reports them."""
+        if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.ENETUNREACH,
+                             errno.EHOSTUNREACH) or ":" not in host:
+            return exc
+        if ":" in dialled[0] and ipaddress.IPv6Address(dialled[0]) == self.gateway6:
+            # No ::1 in usertcp's namespace: nothing listens there, so the port is closed.
+            return ConnectionRefusedError(errno.ECONNREFUSED, f"{host}: {exc.strerror or exc}")
+        if exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            # No IPv6 at all here: as a host without an IPv6 route, so programs fall back to IPv4.
+            return OSError(errno.ENETUNREACH, f"{host}: {exc.strerror or exc}")
+        return exc
 
     def protocol(self) -> _Inside:
         return _Inside(self)
