@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="watch a connection's life, packet by packet")
     demo.add_argument("--msl", type=float, default=2.0,
                       help="MSL for the demo (default 2 s, so TIME-WAIT is 4 s)")
+    demo.add_argument("--ipv6", action="store_true",
+                      help="the same conversation over IPv6 (fd00:7::1 to fd00:7::2)")
     demo.add_argument("--message", default="hello, usertcp",
                       help="the line the kernel's socket sends")
     return parser

@@ -47,6 +47,10 @@ MTU = 1500
 STACK_ADDRESS = "10.7.0.2"
 KERNEL_ADDRESS = "10.7.0.1"
 KERNEL_CIDR = f"{KERNEL_ADDRESS}/24"
+# --ipv6: the same conversation over IPv6 (the kernel side gets its address without DAD).
+STACK_ADDRESS6 = "fd00:7::2"
+KERNEL_ADDRESS6 = "fd00:7::1"
+KERNEL_CIDR6 = f"{KERNEL_ADDRESS6}/64"
 PORT = 7
 PAUSE = 0.25  # between the steps of both applications, so that each packet gets its own row
 STEP_TIMEOUT = 5.0  # for any one step of the conversation
@@ -57,6 +61,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _error(message: str) -> int:
@@ -138,7 +146,8 @@ def run_demo(args) -> int:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
     cmd = ["ip", "netns", "exec", name, sys.executable, "-m", "usertcp.demo", "--inner",
            f"--netns={name}", f"--msl={msl!r}", f"--message={args.message}",
-           "--color", "on" if color else "off"]
+           "--color", "on" if color else "off", *(["--ipv6"] if getattr(args, "ipv6", False)
+                                                  else [])]
 
     saved = {sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
     child: subprocess.Popen | None = None
@@ -276,6 +285,14 @@ class Demo:
         self.line = (opts.message.replace("\r", " ").replace("\n", " ") + "\n").encode()
         self.ladder: Ladder | None = None
         self.recorder: PacketRecorder | None = None
+        v6 = getattr(opts, "ipv6", False)
+        self.stack_address = STACK_ADDRESS6 if v6 else STACK_ADDRESS
+        self.kernel_address = KERNEL_ADDRESS6 if v6 else KERNEL_ADDRESS
+        self.kernel_cidr = KERNEL_CIDR6 if v6 else KERNEL_CIDR
+        self.family = socket.AF_INET6 if v6 else socket.AF_INET
+
+    def _proc(self) -> str:
+        return "/proc/net/tcp6" if self.family == socket.AF_INET6 else "/proc/net/tcp"
 
     def say(self, text: str = "") -> None:
         print(text, flush=True)
@@ -305,7 +322,7 @@ class Demo:
                        "number (x is the"))
         self.say(s.dim("  kernel's ISN, y is usertcp's), with the absolute numbers below. Beside "
                        "the axes: each"))
-        self.say(s.dim("  side's state right after the packet, the kernel's from /proc/net/tcp, "
+        self.say(s.dim(f"  side's state right after the packet, the kernel's from {self._proc()}, "
                        "usertcp's from"))
         self.say(s.dim("  its engine."))
         self.say()
@@ -320,25 +337,25 @@ class Demo:
         device = TunDevice(TUN, MTU)
         try:
             # pyroute2 runs an event loop of its own: keep it off this one.
-            await loop.run_in_executor(None, configure_host_side, TUN, KERNEL_CIDR, MTU)
+            await loop.run_in_executor(None, configure_host_side, TUN, self.kernel_cidr, MTU)
         except BaseException:
             device.close()
             raise
-        recorder = PacketRecorder(device, kernel_address=KERNEL_ADDRESS,
-                                  stack_address=STACK_ADDRESS, stack_port=PORT,
+        recorder = PacketRecorder(device, kernel_address=self.kernel_address,
+                                  stack_address=self.stack_address, stack_port=PORT,
                                   on_record=self._on_record, clock=loop.time)
         self.recorder = recorder
         tap = _StateTap(loop)
         try:
-            stack = Stack(recorder, STACK_ADDRESS, config=TcpConfig(msl=self.msl), logger=tap)
+            stack = Stack(recorder, self.stack_address, config=TcpConfig(msl=self.msl), logger=tap)
         except BaseException:
             recorder.close()
             raise
         recorder.attach(stack)
-        ksock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ksock = socket.socket(self.family, socket.SOCK_STREAM)
         try:
             ksock.setblocking(False)
-            ksock.bind((KERNEL_ADDRESS, 0))  # now, so that the ladder's title can name the port
+            ksock.bind((self.kernel_address, 0))  # now, so that the ladder's title can name the port
             kport = ksock.getsockname()[1]
             return await self._story(stack, recorder, tap, ksock, kport)
         finally:
@@ -374,13 +391,13 @@ class Demo:
                     served.set_result(data)
 
         server = await stack.start_server(one_line_echo, PORT)
-        self.ladder = Ladder(self.say, s, kernel=(KERNEL_ADDRESS, kport),
-                             stack=(STACK_ADDRESS, PORT))
+        self.ladder = Ladder(self.say, s, kernel=(self.kernel_address, kport),
+                             stack=(self.stack_address, PORT))
         self.ladder.header()
 
         # The kernel's side: an ordinary socket, one step at a time.
-        self.note("kernel", f"connect({STACK_ADDRESS}:{PORT})")
-        await self._step(loop.sock_connect(ksock, (STACK_ADDRESS, PORT)), "connect()")
+        self.note("kernel", f"connect({_hostport(self.stack_address, PORT)})")
+        await self._step(loop.sock_connect(ksock, (self.stack_address, PORT)), "connect()")
         await asyncio.sleep(PAUSE)
         self.note("kernel", f"send({len(self.line)} bytes)")
         await self._step(loop.sock_sendall(ksock, self.line), "send()")
@@ -400,7 +417,7 @@ class Demo:
         deadline = loop.time() + STEP_TIMEOUT
         while True:
             stack_state = recorder.stack_state()
-            kernel_state = kernel_tcp_state((KERNEL_ADDRESS, kport), (STACK_ADDRESS, PORT))
+            kernel_state = kernel_tcp_state((self.kernel_address, kport), (self.stack_address, PORT))
             if stack_state == "TIME-WAIT" and kernel_state == "CLOSED":
                 break
             if loop.time() > deadline:
@@ -433,8 +450,8 @@ class Demo:
         step = _ticks(total)
         bar_w = 24
         self.say()
-        self.say(s.bold("TIME-WAIT") + f" {s.dot} usertcp {STACK_ADDRESS}:{PORT} {s.both} "
-                 f"{KERNEL_ADDRESS}:{kport}, for 2 {s.times} MSL = {total:g} s")
+        self.say(s.bold("TIME-WAIT") + f" {s.dot} usertcp {_hostport(self.stack_address, PORT)} {s.both} "
+                 f"{_hostport(self.kernel_address, kport)}, for 2 {s.times} MSL = {total:g} s")
         self.say(s.dim("  usertcp closed first, so it keeps this 4-tuple out of use until old "
                        "duplicates of its"))
         self.say(s.dim("  segments have died out, ready to ACK the kernel's FIN again should "
@@ -485,7 +502,8 @@ class Demo:
         self.say()
         self.say(s.bold("summary"))
         self.say(f"  packets  {len(recs)}: {len(k2s)} kernel {to} usertcp, {len(s2k)} usertcp "
-                 f"{to} kernel, {sum(r.size for r in recs)} bytes of IPv4 in all")
+                 f"{to} kernel, {sum(r.size for r in recs)} bytes of "
+                 f"{'IPv6' if self.family == socket.AF_INET6 else 'IPv4'} in all")
         ok = bytes(echoed) == self.line
         verdict = s.green(f"{s.check} the same") if ok else s.red("different!")
         self.say(f"  echo     sent {payload_text(self.line, 40)} ({len(self.line)} bytes), "
@@ -506,7 +524,7 @@ class Demo:
             self.say(f"  RTT      {f' {s.dot} '.join(rtts)}")
         if recorder.proc_reads:
             each = fmt_duration(recorder.proc_read_time / recorder.proc_reads, s.unicode)
-            self.say(s.dim(f"           (times include the demo's own reads of /proc/net/tcp, "
+            self.say(s.dim(f"           (times include the demo's own reads of {self._proc()}, "
                            f"{each} each here,"))
             self.say(s.dim("           and both ends' delayed ACKs)"))
         stack_path = _path(["LISTEN"] + [r.stack_state for r in recs]
@@ -531,6 +549,7 @@ def _inner_main(argv: list[str]) -> int:
     parser.add_argument("--msl", type=float, default=2.0)
     parser.add_argument("--message", default="hello, usertcp")
     parser.add_argument("--color", choices=("on", "off"), default="off")
+    parser.add_argument("--ipv6", action="store_true")
     opts = parser.parse_args(argv)
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(errors="replace")  # never die on a terminal's encoding

@@ -49,18 +49,28 @@ KERNEL_STATES = {
 
 
 def _proc_endpoint(address: str, port: int) -> str:
-    # The kernel prints the address as the host-order view of the network-order
-    # 32-bit word (so 10.7.0.1 is 0100070A on x86), and the port as a plain number.
-    word = int.from_bytes(socket.inet_aton(address), sys.byteorder)
-    return f"{word:08X}:{port:04X}"
+    # The kernel prints the address as the host-order view of each network-order
+    # 32-bit word (so 10.7.0.1 is 0100070A on x86; an IPv6 address is four such
+    # words), and the port as a plain number.
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    raw = socket.inet_pton(family, address)
+    words = "".join(f"{int.from_bytes(raw[i:i + 4], sys.byteorder):08X}"
+                    for i in range(0, len(raw), 4))
+    return f"{words}:{port:04X}"
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def kernel_tcp_state(local: tuple[str, int], remote: tuple[str, int],
-                     path: str = "/proc/net/tcp") -> str:
+                     path: str | None = None) -> str:
     """RFC name of the kernel socket `local` <-> `remote`; CLOSED when there is none.
 
-    /proc/net/tcp shows the sockets of the reader's network namespace.
+    /proc/net/tcp (tcp6 for IPv6) shows the sockets of the reader's network namespace.
     """
+    if path is None:
+        path = "/proc/net/tcp6" if ":" in local[0] else "/proc/net/tcp"
     want_local, want_remote = _proc_endpoint(*local), _proc_endpoint(*remote)
     with open(path) as f:
         next(f, None)  # header
@@ -436,8 +446,8 @@ class Ladder:
         s = self.s
         kernel_axis = self.TIME_W + 2 + self.STATE_W + 1
         stack_axis = kernel_axis + 1 + self.LANE_W
-        kernel = f"kernel {self.kernel[0]}:{self.kernel[1]}"
-        stack = f"usertcp {self.stack[0]}:{self.stack[1]}"
+        kernel = f"kernel {_hostport(*self.kernel)}"
+        stack = f"usertcp {_hostport(*self.stack)}"
         k_start = kernel_axis - len(kernel) // 2
         s_start = stack_axis - len(stack) // 2
         self.out(" " * k_start + s.bold(kernel)

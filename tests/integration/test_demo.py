@@ -58,11 +58,13 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-@pytest.fixture(scope="module")
-def demo() -> tuple[subprocess.CompletedProcess[str], str]:
+@pytest.fixture(scope="module", params=["ipv4", "ipv6"])
+def demo(request) -> tuple[subprocess.CompletedProcess[str], str]:
+    """One demo run per family: every test below checks both ladders."""
     env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "usertcp", "demo", "--msl", str(MSL), "--message", MESSAGE],
+        [sys.executable, "-m", "usertcp", "demo", "--msl", str(MSL), "--message", MESSAGE,
+         *(["--ipv6"] if request.param == "ipv6" else [])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env,
     )
     try:
@@ -140,7 +142,8 @@ def test_usertcp_closes_first_and_ends_in_time_wait(demo) -> None:
 def test_time_wait_counts_down_to_expiry(demo) -> None:
     result, _ = demo
     out = result.stdout
-    assert re.search(r"TIME-WAIT · usertcp 10\.7\.0\.2:7 ⇄ 10\.7\.0\.1:\d+, for 2 × MSL = 1 s", out)
+    assert re.search(r"TIME-WAIT · usertcp (10\.7\.0\.2:7 ⇄ 10\.7\.0\.1|\[fd00:7::2\]:7 ⇄ "
+                     r"\[fd00:7::1\]):\d+, for 2 × MSL = 1 s", out)
     left = [float(x) for x in re.findall(r"TIME-WAIT +(\d+\.\d+) s left", out)]
     assert len(left) >= 3 and left == sorted(left, reverse=True) and left[0] <= 2 * MSL
     m = re.search(r"CLOSED +0\.00 s left .* expired after (\d+\.\d+) s", out)
@@ -183,3 +186,20 @@ def test_kernel_states_are_read_from_proc_net_tcp_format(tmp_path) -> None:
     assert kernel_tcp_state(("10.7.0.1", 0xA0F3), remote, str(proc)) == "LAST-ACK"
     assert kernel_tcp_state(("10.7.0.1", 0xA0F4), remote, str(proc)) == "CLOSING"
     assert kernel_tcp_state(("10.7.0.1", 0xA0F5), remote, str(proc)) == "CLOSED"
+
+
+def test_kernel_states_are_read_from_proc_net_tcp6_format(tmp_path) -> None:
+    import ipaddress
+
+    from usertcp.ladder import kernel_tcp_state
+
+    def words(ip: str) -> str:  # four host-order words, as /proc/net/tcp6 prints them
+        raw = ipaddress.IPv6Address(ip).packed
+        return "".join(f"{int.from_bytes(raw[i:i + 4], sys.byteorder):08X}" for i in (0, 4, 8, 12))
+
+    line = (f"   0: {words('fd00:7::1')}:A0F3 {words('fd00:7::2')}:0007 06 00000000:00000000 "
+            "00:0 0 0\n")
+    proc = tmp_path / "tcp6"
+    proc.write_text("  sl  local_address remote_address st ...\n" + line)
+    assert kernel_tcp_state(("fd00:7::1", 0xA0F3), ("fd00:7::2", 7), str(proc)) == "TIME-WAIT"
+    assert kernel_tcp_state(("fd00:7::1", 0xA0F4), ("fd00:7::2", 7), str(proc)) == "CLOSED"
