@@ -1,9 +1,10 @@
 """A namespace that plays "the host" for `usertcp run` tests, with the servers a program talks to.
 
 :class:`HostNS` makes a named namespace (``utcp-<pid>-<n>``, see netns.py) with ``lo`` and a veth
-interface holding :data:`HOST_ADDR` (its peer sits in a second namespace, so the address is an
-ordinary non-loopback one), writes ``/etc/netns/<name>/resolv.conf`` (``ip netns exec`` bind-mounts it
-over ``/etc/resolv.conf``) and starts this file as a script inside it, serving on ``0.0.0.0``:
+interface holding :data:`HOST_ADDR` and :data:`HOST_ADDR6` (its peer sits in a second namespace, so
+the addresses are ordinary non-loopback ones), writes ``/etc/netns/<name>/resolv.conf`` (``ip netns
+exec`` bind-mounts it over ``/etc/resolv.conf``) and starts this file as a script inside it, serving
+on ``[::]`` for both families (IPv4 as mapped addresses):
 
   HTTP_PORT      files of ``root`` over HTTP/1.0 (``big.bin``: 20 MiB random; ``small.bin``: 100 kB)
   READALL_PORT   reads to EOF, then answers ``"<bytes> <sha256>\\n"`` and closes
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 HOST_ADDR = "10.99.0.1"
 PEER_ADDR = "10.99.0.2"
+HOST_ADDR6 = "fd99::1"
+PEER_ADDR6 = "fd99::2"
 DNS_NAME = "files.example.test"
 HTTP_PORT = 8000
 READALL_PORT = 9001
@@ -211,17 +214,27 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _DualStackHTTPServer(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 def serve(root: str, results: str) -> None:
     """Bind every service, then serve forever (until killed)."""
     rec = _Recorder(results)
-    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    dns.bind(("0.0.0.0", 53))
+    dns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    dns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    dns.bind(("::", 53))
     listeners = {}
     for port in _SERVICES:
-        lst = socket.create_server(("0.0.0.0", port), backlog=512, reuse_port=False)
+        lst = socket.create_server(("::", port), family=socket.AF_INET6, backlog=512,
+                                   reuse_port=False, dualstack_ipv6=True)
         listeners[port] = lst
-    httpd = http.server.ThreadingHTTPServer(
-        ("0.0.0.0", HTTP_PORT), functools.partial(_QuietHandler, directory=root))
+    httpd = _DualStackHTTPServer(
+        ("::", HTTP_PORT), functools.partial(_QuietHandler, directory=root))
     httpd.daemon_threads = True
     threading.Thread(target=_dns_loop, args=(dns, rec), daemon=True).start()
     for port, lst in listeners.items():
@@ -280,11 +293,14 @@ class HostNS:
         for args in (
             ["link", "add", VETH, "type", "veth", "peer", "name", "vpeer", "netns", self.peer.name],
             ["addr", "add", f"{HOST_ADDR}/24", "dev", VETH],
+            ["addr", "add", f"{HOST_ADDR6}/64", "dev", VETH, "nodad"],
             ["link", "set", VETH, "up"],
         ):
             self.ns.run(["ip", *args], check=True, capture_output=True)
         self.peer.run(["ip", "addr", "add", f"{PEER_ADDR}/24", "dev", "vpeer"], check=True,
                       capture_output=True)
+        self.peer.run(["ip", "addr", "add", f"{PEER_ADDR6}/64", "dev", "vpeer", "nodad"],
+                      check=True, capture_output=True)
         self.peer.run(["ip", "link", "set", "vpeer", "up"], check=True, capture_output=True)
         etc = Path(_NETNS_ETC, self.name)
         etc.mkdir(parents=True, exist_ok=True)
@@ -296,6 +312,7 @@ class HostNS:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         # Everything is bound before the HTTP server starts: once it accepts, all services do.
         self.ns.wait_port("127.0.0.1", HTTP_PORT, timeout=15)
+        self.ns.wait_port("::1", HTTP_PORT, timeout=15)
 
     def records(self, service: str | None = None) -> list[dict[str, Any]]:
         """What the services recorded so far, oldest first (only ``service``'s if given)."""

@@ -1,8 +1,9 @@
 """`usertcp run -- COMMAND`: real programs' connections through usertcp (issue 9, "How it is shown").
 
-One host namespace for the module (hostns.py): a veth address 10.99.0.1, kernel servers on 0.0.0.0
-(HTTP with a 20 MiB file, half-close, echo, push, DNS). Each test starts the venv's `usertcp run`
-inside it with `ip netns exec`; the program reaches the host as 10.0.2.2 (its 127.0.0.1) or 10.99.0.1.
+One host namespace for the module (hostns.py): veth addresses 10.99.0.1 and fd99::1, kernel servers
+on [::] (HTTP with a 20 MiB file, half-close, echo, push, DNS). Each test starts the venv's `usertcp
+run` inside it with `ip netns exec`; the program reaches the host as 10.0.2.2 (its 127.0.0.1),
+fd00::2 (its ::1), 10.99.0.1 or fd99::1.
 After every run: no new named namespace, no interface but lo and the veth in the host namespace, no
 process but the servers there, and no process left in the namespace the program ran in.
 """
@@ -37,6 +38,7 @@ from .hostns import (
     ECHO_PORT,
     GREETING,
     HOST_ADDR,
+    HOST_ADDR6,
     HTTP_PORT,
     PUSH_PORT,
     READALL_PORT,
@@ -46,12 +48,13 @@ from .hostns import (
     push_sha256,
     reap_stale_etc,
 )
-from .netns import reap_stale
+from .netns import NetNS, reap_stale
 from .stackproc import tcp_segments
 
 USERTCP = str(Path(sys.executable).with_name("usertcp"))
 PYTHON = sys.executable
 GATEWAY = "10.0.2.2"
+GATEWAY6 = "fd00::2"
 MARK = "usertcp-test-proc"
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 RUN_TIMEOUT = 60.0
@@ -680,3 +683,106 @@ def test_server_that_stops_reading_keeps_memory_bounded(host: HostNS) -> None:
     assert int(received) == total
     assert peak < baseline + RSS_SLACK, (
         f"usertcp's RSS grew by {(peak - baseline) / 2**20:.1f} MiB while the server did not read")
+
+
+# -- IPv6 -----------------------------------------------------------------------------------------
+
+def url6(addr: str, port: int, path: str = "/") -> str:
+    return f"http://[{addr}]:{port}{path}"
+
+
+@pytest.mark.parametrize("addr", [GATEWAY6, HOST_ADDR6], ids=["gateway", "veth"])
+def test_ipv6_download_20mb_intact(host: HostNS, tmp_path: Path, addr: str) -> None:
+    """fd00::2 is the host's ::1 (its server listens on [::]); fd99::1 its veth address."""
+    out = tmp_path / "big.bin"
+    run(host, curl("-6", "-g", "-o", str(out), url6(addr, HTTP_PORT, "/big.bin"))).expect(0)
+    assert sha256_file(out) == host.big_sha256
+
+
+def test_ipv6_refused_or_unreachable_at_once(host: HostNS) -> None:
+    # A closed port of ::1 and of the veth address: a reset. Another address of the program's
+    # network: ICMPv6 address unreachable. An address the host has no route to: ICMPv6 no route.
+    urls = [url6(a, CLOSED_PORT) for a in (GATEWAY6, HOST_ADDR6, "fd00::77", "2001:db8::1")]
+    res = run(host, [PYTHON, "-c", TIMED.replace('"-sS"', '"-sS", "-g"'), *urls]).expect(0)
+    lines = res.stdout.decode().splitlines()
+    assert len(lines) == len(urls), res.stderr
+    for line in lines:
+        url, rc, seconds = line.split()
+        assert int(rc) == 7, f"{url}: curl exit {rc}, not 7 (could not connect):\n{res.stderr}"
+        assert float(seconds) < 1.0, f"{url}: failed after {seconds} s"
+
+
+def test_ipv6_ping(host: HostNS) -> None:
+    """fd00::2 is answered by usertcp itself; fd99::1 through its ICMPv6 socket."""
+    run(host, ["sh", "-c", f"ping -6 -c1 -W2 {GATEWAY6} && ping -6 -c1 -W2 {HOST_ADDR6}"]
+        ).expect(0)
+
+
+DNS6 = """\
+import errno, socket, struct, sys
+name = sys.argv[1]
+query = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+query += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\0"
+query += struct.pack("!HH", 1, 1)  # A, IN
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(query, ("fd00::3", 53))
+reply, peer = s.recvfrom(512)
+print(peer[0], reply[:2].hex(), socket.inet_ntoa(reply[-4:]))
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.settimeout(5)
+# Linux reports an ICMPv6 address unreachable (not a "hard" error) only with IPV6_RECVERR.
+u.setsockopt(socket.IPPROTO_IPV6, getattr(socket, "IPV6_RECVERR", 25), 1)
+u.connect(("fd00::77", 9))
+u.send(b"anyone?")
+try:
+    u.recv(100)
+    print("answered")
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, exc))
+"""
+
+
+def test_dns_stays_ipv4_and_answers_over_ipv6(host: HostNS) -> None:
+    script = f'set -e; cat /etc/resolv.conf; getent ahosts {DNS_NAME}; "$1" -c "$2" {DNS_NAME}'
+    res = run(host, ["sh", "-c", script, "sh", PYTHON, DNS6]).expect(0)
+    lines = res.stdout.decode().splitlines()
+    assert [ln for ln in lines if ln.startswith("nameserver")] == ["nameserver 10.0.2.3"], lines
+    assert any(line.split()[:1] == [HOST_ADDR] for line in lines), lines  # getent ahosts
+    assert lines[-2:] == ["fd00::3 1234 " + HOST_ADDR, "EHOSTUNREACH"], lines
+
+
+FETCH_BOTH = """\
+import subprocess, sys, time
+for url in sys.argv[1:]:
+    t0 = time.monotonic()
+    rc = subprocess.run(["curl", "-sS", "-g", "-o", "/dev/null", "--max-time", "10", url]
+                        ).returncode
+    print(url, rc, time.monotonic() - t0, flush=True)
+"""
+LOOPBACK4_SERVER = """\
+import http.server
+http.server.HTTPServer(("127.0.0.1", 8000), http.server.SimpleHTTPRequestHandler).serve_forever()
+"""
+
+
+def test_no_ipv6_loopback_refuses_the_gateway(tmp_path: Path) -> None:
+    """usertcp's namespace without ::1 (IPv6 off on lo): fd00::2 refuses, 10.0.2.2 still works."""
+    ns = NetNS.create()
+    try:
+        ns.run(["sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1"], check=True)
+        server = ns.popen([PYTHON, "-c", LOOPBACK4_SERVER], cwd=tmp_path,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ns.wait_port("127.0.0.1", 8000, timeout=15)
+        res = ns.run([USERTCP, "run", "--", PYTHON, "-c", FETCH_BOTH,
+                      url6(GATEWAY6, 8000), f"http://{GATEWAY}:8000/"],
+                     capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        server.kill()
+        server.wait(timeout=10)
+    finally:
+        ns.close()
+    assert res.returncode == 0, res.stderr
+    lines = [line.split() for line in res.stdout.splitlines()]
+    assert [(u, int(rc)) for u, rc, _ in lines] == [(url6(GATEWAY6, 8000), 7),
+                                                    (f"http://{GATEWAY}:8000/", 0)], res
+    assert float(lines[0][2]) < 1.0, res

@@ -97,8 +97,9 @@ def main(scenario):
         resolv_before = f.read()
     report = {}
     if scenario == "all":
-        report["info"] = run(["sh", "-c", "ip -o addr; ip route; ip -o link; ls /sys/class/net; "
-                                          "cat /etc/resolv.conf; cat /proc/sys/net/ipv4/ping_group_range"])
+        report["info"] = run(["sh", "-c", "ip -o addr; ip route; ip -6 route; ip -o link; "
+                                          "ls /sys/class/net; cat /etc/resolv.conf; "
+                                          "cat /proc/sys/net/ipv4/ping_group_range"])
         report["ping"] = run([sys.executable, "-c", ICMP_ECHO], ping=True)
         report["true"] = run(["true"])
         report["exit3"] = run(["sh", "-c", "exit 3"])
@@ -233,12 +234,15 @@ def _check_all(report: dict, gid_range: str) -> None:
     assert links == ["lo", "tun0"], out
     assert "tun0    inet 10.0.2.100/24 " in out, out
     assert "default via 10.0.2.2 dev tun0" in out, out
+    assert "tun0    inet6 fd00::100/64 scope global nodad" in out, out
+    assert "default via fd00::2 dev tun0" in out, out
     assert "mtu 65520 " in next(line for line in out.splitlines() if ": tun0: " in line), out
     assert "\nlo\ntun0\n" in out, out  # /sys/class/net of the new namespace
     assert "\nnameserver 10.0.2.3\n" in out, out
     assert out.rstrip().endswith(gid_range), out
     assert report["resolv_unchanged"]
 
+    # IPv6 is on, yet the kernel sends nothing unasked (no router solicitation, no MLD).
     ping = report["ping"]
     assert ping["status"] == 0 and ping["echo_seen"] and ping["non_ipv4"] == 0, ping
 
@@ -315,6 +319,10 @@ def test_arguments_are_checked_before_anything_starts() -> None:
         spawn(["true"], address="10.0.2.100")
     with pytest.raises(InvalidAddress):
         spawn(["true"], gateway="10.0.2")
+    with pytest.raises(InvalidAddress):
+        spawn(["true"], address6="fd00::100")  # no prefix length
+    with pytest.raises(InvalidAddress):
+        spawn(["true"], gateway6="10.0.2.2")
 
 
 def test_helper_constants_match_the_device() -> None:

@@ -1,9 +1,9 @@
 """`usertcp run [options] -- COMMAND [ARGS...]`: a program whose every connection is usertcp's.
 
 COMMAND runs in a network namespace of its own (namespace.spawn) whose default route is the
-TUN device; usertcp, in the caller's namespace, is the gateway 10.0.2.2 and every address
-beyond it: TCP connections are admitted and relayed (relay.py), UDP flows and pings relayed
-(datagrams.py). COMMAND's exit status is run's.
+TUN device; usertcp, in the caller's namespace, is the gateway 10.0.2.2 (fd00::2) and every
+address beyond it: TCP connections are admitted and relayed (relay.py), UDP flows and pings
+relayed (datagrams.py). COMMAND's exit status is run's.
 """
 
 from __future__ import annotations
@@ -26,6 +26,13 @@ PROGRAM = "10.0.2.100"
 GATEWAY = "10.0.2.2"
 DNS = "10.0.2.3"
 NETWORK = "10.0.2.0/24"
+# slirp4netns --enable-ipv6's. resolv.conf still names 10.0.2.3 only: it is the same resolver,
+# and glibc tries a second server only after the first timed out, so fd00::3 would add nothing
+# but a doubled wait when the resolver is down (fd00::3 answers all the same, for who asks it).
+PROGRAM6 = "fd00::100"
+GATEWAY6 = "fd00::2"
+DNS6 = "fd00::3"
+NETWORK6 = "fd00::/64"
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2)
 RUN_BUFFER = 1024 * 1024  # per direction and connection: a 64 KB-segment path needs room
 
@@ -67,7 +74,8 @@ async def run(opts: RunOptions, log, status_callback=None) -> int:
     """Start COMMAND, carry its traffic until it exits; return its exit status."""
     publish = [parse_publish(p) if isinstance(p, str) else p for p in opts.publish]
     sandbox = spawn(opts.command, mtu=opts.mtu, offload=opts.offload,
-                    address=f"{PROGRAM}/24", gateway=GATEWAY, dns=DNS)
+                    address=f"{PROGRAM}/24", gateway=GATEWAY, dns=DNS,
+                    address6=f"{PROGRAM6}/64", gateway6=GATEWAY6)
     loop = asyncio.get_running_loop()
     stack = relay = datagrams = None
     publishers: list[Publisher] = []
@@ -78,11 +86,13 @@ async def run(opts: RunOptions, log, status_callback=None) -> int:
         if opts.pcap:
             device = PcapWriter(device, opts.pcap)
         config = opts.config or TcpConfig(send_buffer=RUN_BUFFER, receive_buffer=RUN_BUFFER)
-        stack = Stack(device, GATEWAY, config=config, logger=log.bind(addr=GATEWAY))
+        stack = Stack(device, [GATEWAY, GATEWAY6], config=config, logger=log.bind(addr=GATEWAY))
         resolver = first_nameserver()
-        relay = Relay(gateway=GATEWAY, dns=DNS, subnet=NETWORK, resolver=resolver, log=log)
+        relay = Relay(gateway=GATEWAY, dns=DNS, subnet=NETWORK, resolver=resolver, log=log,
+                      gateway6=GATEWAY6, dns6=DNS6, subnet6=NETWORK6)
         await stack.create_server(relay.protocol, None, admit=relay.admit)
         datagrams = DatagramRelay(stack, gateway=GATEWAY, dns=DNS, resolver=resolver or "",
+                                  gateway6=GATEWAY6, dns6=DNS6, subnet6=NETWORK6,
                                   unreachable=lambda program, dst, code:
                                   stack.send_unreachable(program, dst, code), logger=log)
         stack.forward_datagrams(datagrams)
@@ -98,6 +108,8 @@ async def run(opts: RunOptions, log, status_callback=None) -> int:
             loop.add_signal_handler(sig, sandbox.send_signal, sig)
         if status_callback is not None:
             loop.add_signal_handler(signal.SIGUSR1, status_callback, stack, relay, datagrams)
+        for warning in sandbox.warnings:
+            log.info("run.sandbox", warning=warning)
         log.info("run.ready", pid=sandbox.pid, command=opts.command, resolver=resolver,
                  publish=[f"{h}:{hp}->{PROGRAM}:{p}" for h, hp, p in publish])
         try:

@@ -80,25 +80,24 @@ COUNTERS = (
 
 
 def first_nameserver(path: str = "/etc/resolv.conf") -> str | None:
-    """The first IPv4 `nameserver` of a resolv.conf, else its first unscoped IPv6 one, or None
-    (no file, none listed)."""
+    """The first IPv4 `nameserver` of a resolv.conf, or None (no file, none listed, IPv6 only).
+
+    It answers the program's DNS addresses of both families (10.0.2.3 and fd00::3)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read(65536).splitlines()
     except OSError:
         return None
-    ipv6 = None
     for line in lines:
         fields = line.split()
         if len(fields) >= 2 and fields[0] == "nameserver":
             try:
                 if addr_to_int(fields[1]) > 0xFFFFFFFF:
-                    ipv6 = ipv6 or str(ipaddress.IPv6Address(fields[1]))
-                    continue  # IPv4 first: where both work, as before IPv6 was relayed
+                    continue  # IPv6: not taken, as before the relay carried IPv6
             except ValueError:  # garbage, or a scoped IPv6 address (fe80::1%eth0)
                 continue
             return fields[1]
-    return ipv6
+    return None
 
 
 def _family(host: str) -> int:
