@@ -45,7 +45,9 @@ _V6_MULTICAST = (1 << 8) | 0xFF  # the top 8 bits of a V6-tagged ff00::/8 addres
 # ICMP unreachable codes (refuse, send_unreachable) as ICMPv6's: net -> no route, host ->
 # address unreachable, port -> port unreachable, administratively prohibited -> prohibited.
 _V6_UNREACH = {0: 0, 1: 3, 3: 4, 13: 1}
-MIN_PMTU_V4 = 552  # Linux's min_pmtu: a "fragmentation needed" never lowers below it
+MIN_PMTU_V4 = 552
+PMTU_EXPIRES = 600.0  # Linux's net.ipv4.route.mtu_expires: the path may have grown since
+PMTU_CACHE = 4096  # destinations remembered; the oldest learned goes first  # Linux's min_pmtu: a "fragmentation needed" never lowers below it
 
 # refuse(reply=...): how a connection request is turned down, as a kernel router would.
 REFUSALS = {"reset": None, "net-unreachable": 0, "host-unreachable": 1, "port-unreachable": 3,
@@ -83,6 +85,7 @@ class Stack:
         self._requested: dict[tuple[int, int, int, int], int] = {}  # 4-tuple -> request id
         self.forwarding = False  # forward_datagrams: UDP and foreign pings become events
         self.fragments = Reassembler()  # IPv4 and IPv6; bounded (fragments.py)
+        self._pmtu: dict[int, tuple[int, float]] = {}  # remote -> (path MTU, expires)
         self._timers: list = []  # heap of (deadline, tiebreak, connection or TIME-WAIT entry)
         self._tiebreak = itertools.count()
         self._ids = itertools.count(1)
@@ -268,9 +271,35 @@ class Stack:
             conn.icmp_error(err, now)
 
     def _path_mtu(self, qsrc, qdst, sport, dport, seq, mtu: int, now: float) -> None:
+        """RFC 8201 / RFC 1191: the path to qdst carries `mtu`. Kept per destination (as Linux
+        keeps it in the route, for PMTU_EXPIRES): every connection to it shrinks, and new ones
+        start small. Only an error quoting a segment we sent is believed."""
         conn = self._quoted_connection(qsrc, qdst, sport, dport, seq)
-        if conn is not None and conn.path_mtu_lowered(mtu, now):
+        if conn is None:
+            return
+        known = self.path_mtu(qdst, now)
+        if known is None or mtu < known:
+            cache = self._pmtu
+            cache.pop(qdst, None)
+            if len(cache) >= PMTU_CACHE:
+                del cache[next(iter(cache))]  # the oldest learned
+            cache[qdst] = (mtu, now + PMTU_EXPIRES)
+            for other in list(self._by_id.values()):
+                if other.remote == qdst and type(other) is Connection and other is not conn:
+                    if other.path_mtu_lowered(mtu, now):
+                        self._arm(other)
+        if conn.path_mtu_lowered(mtu, now):
             self._arm(conn)
+
+    def path_mtu(self, remote: int, now: float) -> int | None:
+        """The path MTU learned for `remote` and not yet expired, or None."""
+        entry = self._pmtu.get(remote)
+        if entry is None:
+            return None
+        if now >= entry[1]:
+            del self._pmtu[remote]
+            return None
+        return entry[0]
 
     def packets_to_send(self, now: float) -> list[bytes]:
         """Everything to write to the device now; the list is the caller's."""

@@ -253,3 +253,43 @@ def test_mld_and_router_solicitations_are_counted_quietly():
     stack.receive(rs, 0.0)
     assert stack.drops == {} and stack.counters["ipv6_multicast_ignored"] == 1
     assert int_to_addr(addr_to_int("ff02::2")) == "ff02::2"
+
+
+def test_path_mtu_is_kept_per_destination_and_expires():
+    """RFC 8201 5.2: what one connection learned serves every connection to that address, new
+    ones included, until it expires (600 s, Linux's mtu_expires)."""
+    stack, cid, sent = sender(PEER6, V6)
+    # A second connection to the same peer, from another port, idle.
+    stack.receive(pkt(PEER6, V6, SYN, 5000, 0, sport=40001, options=build_options(mss=1440)),
+                  0.1)
+    [synack2] = out(stack, 0.1)
+    stack.receive(pkt(PEER6, V6, ACK, 5001, synack2.seq + 1, sport=40001), 0.1)
+    second = [e for e in evs(stack) if type(e) is ev.ConnectionAccepted][-1].conn_id
+    stack.receive(icmp6("fd00:9::1", V6, 2, 0, 1280, stack_packet(stack, sent[0])[:200]), 0.2)
+    out(stack, 0.2)
+    assert stack._by_id[second].snd_mss == 1220  # not quoted, same destination
+    assert stack.path_mtu(addr_to_int(PEER6), 0.2) == 1280
+    # A new connection to it starts at the learned size...
+    stack.receive(pkt(PEER6, V6, SYN, 9000, 0, sport=40002, options=build_options(mss=1440)),
+                  1.0)
+    [synack3] = out(stack, 1.0)
+    stack.receive(pkt(PEER6, V6, ACK, 9001, synack3.seq + 1, sport=40002), 1.0)
+    third = [e for e in evs(stack) if type(e) is ev.ConnectionAccepted][-1].conn_id
+    assert stack._by_id[third].snd_mss == 1220
+    # ...until the learned MTU expires; other destinations never saw it.
+    assert stack.path_mtu(addr_to_int(PEER6), 600.3) is None
+    assert stack.path_mtu(addr_to_int("fd00:7::9"), 0.3) is None
+
+
+def test_syn_cookies_over_ipv6():
+    stack = make(syn_backlog=0)
+    stack.listen(80)
+    stack.receive(pkt(PEER6, V6, SYN, 7000, 0, options=build_options(mss=1440)), 0.0)
+    [cookie] = out(stack)
+    assert cookie.flags == SYN | ACK and cookie.mss == 1440 and cookie.src == addr_to_int(V6)
+    assert stack.counters["syn_cookies_sent"] == 1
+    stack.receive(pkt(PEER6, V6, ACK, 7001, cookie.seq + 1, data=b"hi"), 0.1)
+    [acc] = [e for e in evs(stack) if type(e) is ev.ConnectionAccepted]
+    assert stack.counters["syn_cookies_accepted"] == 1
+    assert stack.recv(acc.conn_id) == b"hi"
+    assert stack.endpoints(acc.conn_id) == ((V6, 80), (PEER6, 40000))

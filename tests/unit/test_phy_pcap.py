@@ -83,3 +83,24 @@ def test_read_pcap_rejects_other_files(tmp_path):
     path.write_bytes(b"\0" * 40)
     with pytest.raises(ValueError):
         read_pcap(path)
+
+
+def test_one_file_carries_both_families(tmp_path):
+    """LINKTYPE_RAW: each record's first nibble says its version; scapy reads both."""
+    from scapy.layers.inet6 import IPv6
+
+    from usertcp.wire import ACK, addr_to_int, build_segment
+
+    v4 = build_segment(addr_to_int("10.7.0.2"), addr_to_int("10.7.0.1"), 7, 40000, 1, 2, ACK,
+                       100, b"", b"four")
+    v6 = build_segment(addr_to_int("fd00:7::2"), addr_to_int("fd00:7::1"), 7, 40000, 1, 2, ACK,
+                       100, b"", b"six")
+    path = tmp_path / "both.pcap"
+    with PcapFile(path) as f:
+        f.write(v4, ts=1.0)
+        f.write(v6, ts=2.0)
+    first, second = rdpcap(str(path))
+    assert first.haslayer(IP) and bytes(first[TCP].payload) == b"four"
+    assert second.haslayer(IPv6) and second[IPv6].src == "fd00:7::2"
+    assert bytes(second[TCP].payload) == b"six" and second[TCP].chksum is not None
+    assert [p for _, p in read_pcap(path)] == [v4, v6]

@@ -215,8 +215,8 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
         if ts_ok:
             self.ts_recent = seg.ts_val
             self.ts_recent_age = self.clock
-        self.snd_mss = max(min(seg.mss if seg.mss else self.default_peer_mss(), self.mss_own)
-                           - self.ts_len, 1)
+        self.snd_mss = max(min(seg.mss if seg.mss else self.default_peer_mss(), self.mss_own,
+                               self._path_mss()) - self.ts_len, 1)
         if cfg.window_scale and seg.wscale is not None:
             self.snd_wscale = min(seg.wscale, 14)
             self.rcv_wscale = cfg.rcv_wscale
@@ -294,6 +294,12 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
         self.rtt_seq, self.rtt_time = self.iss, now
         self.rto_at = now + self.rtt.rto
 
+    def _path_mss(self) -> int:
+        """The MSS a path MTU learned from this peer's address allows (RFC 8201 5.2: per
+        destination), or no limit."""
+        mtu = self.host.path_mtu(self.remote, self.clock)
+        return 1 << 30 if mtu is None else mtu - (60 if self.local > 0xFFFFFFFF else 40)
+
     def default_peer_mss(self) -> int:
         return _DEFAULT_PEER_MSS if self.local < 0x100000000 else _DEFAULT_PEER_MSS6
 
@@ -327,7 +333,7 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
         self.irs = (ack.seq - 1) & MASK
         self.rcv_nxt = ack.seq
         self.rcv_adv = (ack.seq + min(cfg.receive_buffer, 65535)) & MASK
-        self.snd_mss = min(mss, self.mss_own)
+        self.snd_mss = min(mss, self.mss_own, self._path_mss())
         self.snd_wscale = 0
         self.rcv_wscale = 0
         self._recovery_init()
