@@ -25,6 +25,7 @@ from .tcp.errors import (ConnectionNotWritable, NoFreePort, PortInUse, TooManyCo
                          UnknownConnection, UnknownRequest)
 from .tcp.isn import initial_sequence_number
 from .tcp.listener import Listener
+from .tcp.recvqueue import RecvQueue
 from .tcp.seq import MASK
 from .tcp.state import CAN_SEND, State
 from .tcp.syncookie import SLOT_SECONDS, check_cookie, make_cookie
@@ -95,7 +96,7 @@ class Stack:
         self._awaiting_accept: dict[int, Connection] = {}  # ConnectionAccepted not yet taken
         # Received data still unread when its connection ended gracefully: the
         # application may read it after TIME-WAIT or CLOSED, as from a socket.
-        self._leftover: dict[int, bytearray] = {}
+        self._leftover: dict[int, RecvQueue] = {}
         self._challenge_second = -1
         self._challenge_count = 0
         self._live = 0  # Connection objects (TIME-WAIT entries not counted): max_connections
@@ -647,11 +648,9 @@ class Stack:
         buf = self._leftover.get(conn_id)
         if buf is None:
             return b""
-        if max_bytes < 0 or max_bytes >= len(buf):
+        data = buf.take(max_bytes)
+        if not buf:
             del self._leftover[conn_id]
-            return bytes(buf)
-        data = bytes(buf[:max_bytes])
-        del buf[:max_bytes]
         return data
 
     def recv_pending(self, conn_id: int) -> int:

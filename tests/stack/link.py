@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from usertcp.tcp.buffers import TRIM_AT
 from usertcp.stack import Stack
 from usertcp.tcp import events as ev
 from usertcp.tcp.connection import Connection
@@ -57,10 +58,14 @@ def check_invariants(stack: Stack) -> None:
         una, nxt, mx = conn.snd_una, conn.snd_nxt, conn.snd_max
         assert le(una, nxt), f"{where}: SND.UNA {una} > SND.NXT {nxt}"
         assert le(nxt, mx), f"{where}: SND.NXT {nxt} > SND.MAX {mx}"
-        assert ((mx - una) & MASK) <= len(conn.sndbuf) + 2, (
-            f"{where}: {((mx - una) & MASK)} bytes in flight but only {len(conn.sndbuf)} queued")
-        assert len(conn.sndbuf) <= cfg.send_buffer, (
-            f"{where}: send buffer {len(conn.sndbuf)} > {cfg.send_buffer}")
+        queued = conn._queued()  # the buffer's front may hold acknowledged bytes (TRIM_AT)
+        assert ((mx - una) & MASK) <= queued + 2, (
+            f"{where}: {((mx - una) & MASK)} bytes in flight but only {queued} queued")
+        assert queued <= cfg.send_buffer, f"{where}: send buffer {queued} > {cfg.send_buffer}"
+        assert len(conn.sndbuf) - queued <= TRIM_AT + 2 * 65535, (
+            f"{where}: {len(conn.sndbuf) - queued} acknowledged bytes kept")
+        # sndbuf[0] is BUF.SEQ: SND.UNA lies within the buffer, or one past it (our FIN).
+        assert ((una - conn.buf_seq) & MASK) <= len(conn.sndbuf) + 1 or conn.snd_una == conn.iss
         assert len(conn.rcvbuf) <= cfg.receive_buffer, (
             f"{where}: receive buffer {len(conn.rcvbuf)} > {cfg.receive_buffer}")
         ooo = conn.ooo.size

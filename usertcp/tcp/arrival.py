@@ -298,11 +298,11 @@ class Arrival:
 
     def _take_in_order(self, payload, plen: int, now: float) -> None:
         """Segment text that starts at RCV.NXT: into the buffer, with what it unblocks."""
-        self.rcvbuf += payload
+        self.rcvbuf.append(payload)
         rcv_nxt = (self.rcv_nxt + plen) & MASK
         if self.ooo.blocks:
             for piece in self.ooo.pop_ready(rcv_nxt):
-                self.rcvbuf += piece
+                self.rcvbuf.append(piece)
                 rcv_nxt = (rcv_nxt + len(piece)) & MASK
             if not self.ooo.blocks:
                 self.sack_recent.clear()
@@ -421,12 +421,7 @@ class Arrival:
         if self.snd_una == self.iss:  # the ACK of our SYN: that byte is no data for cwnd
             acked -= 1
         # Data bytes acknowledged: the SYN and FIN occupy sequence space, not the buffer.
-        data_acked = (ack - self.buf_seq) & MASK
-        if data_acked < HALF and data_acked:
-            if data_acked > len(self.sndbuf):
-                data_acked = len(self.sndbuf)
-            del self.sndbuf[:data_acked]
-            self.buf_seq = (self.buf_seq + data_acked) & MASK
+        self._trim(ack)
         self.snd_una = ack
         if ((self.snd_nxt - ack) & MASK) >= HALF:  # after an RTO rewind, the ACK overtook SND.NXT
             self.snd_nxt = ack

@@ -1,9 +1,12 @@
 """The send and receive buffers: what the application queues and reads, and the windows
 they make (RFC 9293 3.8.6: the window we advertise, receiver-side silly window avoidance).
 
-The bytes live in two bytearrays on Connection: `sndbuf` from SND.UNA's data (`buf_seq` is the
-sequence number of its first byte) and `rcvbuf` up to RCV.NXT; out-of-order data waits in
-`reassembly.Reassembly`.
+The bytes live in two bytearrays on Connection: `sndbuf` (`buf_seq` is the sequence number of
+its first byte) and `rcvbuf` up to RCV.NXT; out-of-order data waits in `reassembly.Reassembly`.
+The front of `sndbuf` may hold bytes already acknowledged (up to SND.UNA): they are cut off only
+once there are TRIM_AT of them, or all is acknowledged, because cutting the front of a bytearray
+can copy what remains (CPython shrinks it by reallocating), and a per-ACK cut made a bulk
+sender copy its buffer over and over.
 """
 
 from __future__ import annotations
@@ -12,13 +15,38 @@ from .seq import HALF, MASK
 from .state import CAN_RECEIVE, SYN_RECEIVED, SYN_SENT
 
 
+TRIM_AT = 256 * 1024
+
+
 class Buffers:
     """The buffer half of Connection (a mixin: the fields live on Connection)."""
 
     __slots__ = ()
 
+    def _queued(self) -> int:
+        """Bytes in the send buffer not yet acknowledged (sent or not)."""
+        n = len(self.sndbuf)
+        done = (self.snd_una - self.buf_seq) & MASK
+        if done >= HALF:  # SND.UNA still on our SYN, before the first byte
+            return n
+        return n - done if done < n else 0
+
+    def _trim(self, ack: int) -> None:
+        """SND.UNA moved to `ack`: cut the acknowledged front, when it is worth a copy."""
+        done = (ack - self.buf_seq) & MASK
+        if not done or done >= HALF:
+            return
+        buf = self.sndbuf
+        n = len(buf)
+        if done >= n:  # all data acknowledged (and maybe our FIN): nothing left to copy
+            buf.clear()
+            self.buf_seq = (self.buf_seq + n) & MASK
+        elif done >= TRIM_AT:
+            del buf[:done]
+            self.buf_seq = (self.buf_seq + done) & MASK
+
     def send(self, data, now: float) -> int:
-        space = self.cfg.send_buffer - len(self.sndbuf)
+        space = self.cfg.send_buffer - self._queued()
         if space <= 0:
             return 0
         n = min(space, len(data))
@@ -28,16 +56,11 @@ class Buffers:
         return n
 
     def send_space(self) -> int:
-        return max(self.cfg.send_buffer - len(self.sndbuf), 0)
+        return max(self.cfg.send_buffer - self._queued(), 0)
 
     def recv(self, max_bytes: int) -> bytes:
         buf = self.rcvbuf
-        if max_bytes < 0 or max_bytes >= len(buf):
-            data = bytes(buf)
-            buf.clear()
-        else:
-            data = bytes(buf[:max_bytes])
-            del buf[:max_bytes]
+        data = buf.take(max_bytes)
         self.data_event_pending = False
         if data and self.state in CAN_RECEIVE:
             # A window update when reading opened the window enough to matter.

@@ -31,6 +31,7 @@ from .buffers import Buffers
 from .output import Output
 from .rack import Rack, Tlp
 from .reassembly import Reassembly
+from .recvqueue import RecvQueue
 from .recovery import Recovery
 from .rtt import RttEstimator, RttSampling
 from .scoreboard import Scoreboard
@@ -107,7 +108,7 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
         self.irs = 0
         self.rcv_nxt = 0
         self.rcv_adv = 0  # right edge of the window we advertised
-        self.rcvbuf = bytearray()
+        self.rcvbuf = RecvQueue()
         self.ooo = Reassembly()
         self.ooo_fin: int | None = None  # sequence number of a FIN that arrived early
         self.peer_fin = False
@@ -279,7 +280,8 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
 
     def fin_acked(self) -> bool:
         # Once all data is acknowledged the FIN sits at BUF_SEQ.
-        return self.fin_queued and not self.sndbuf and self.snd_una == (self.buf_seq + 1) & MASK
+        return (self.fin_queued
+                and self.snd_una == (self.buf_seq + len(self.sndbuf) + 1) & MASK)
 
     def _mark(self) -> None:
         if not self.dirty:
@@ -389,7 +391,7 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
         return {
             "conn_id": self.id, "state": str(self.state), "snd_una": self.snd_una,
             "snd_nxt": self.snd_nxt, "snd_wnd": self.snd_wnd, "rcv_nxt": self.rcv_nxt,
-            "rcv_wnd": (self.rcv_adv - self.rcv_nxt) & MASK, "send_queue": len(self.sndbuf),
+            "rcv_wnd": (self.rcv_adv - self.rcv_nxt) & MASK, "send_queue": self._queued(),
             "recv_queue": len(self.rcvbuf), "out_of_order": self.ooo.size, "cwnd": self.cwnd,
             "ssthresh": self.ssthresh, "srtt": self.rtt.srtt, "rto": self.rtt.rto,
             "retransmitted": self.retransmitted, "mss": self.snd_mss,

@@ -139,7 +139,7 @@ class Output:
     def _send_data(self, now: float) -> bool:
         """Segment the send buffer by MSS within min(cwnd, SND.WND); Nagle; FIN."""
         buf = self.sndbuf
-        if not buf and not self.fin_queued:
+        if not self.fin_queued and (not buf or self._unsent() <= 0):
             return False  # nothing to send: the usual case for an ACK on the receiving side
         with memoryview(buf) as view:  # one view for the burst: nothing here resizes buf
             return self._send_segments(view, now)

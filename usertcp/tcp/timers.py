@@ -204,7 +204,7 @@ class Timers:
         idle, interval, probes = self.ka_params
         state = self.state
         if ((state is not ESTABLISHED and state is not CLOSE_WAIT and state is not FIN_WAIT_2)
-                or self.sndbuf or self.snd_una != self.snd_max):
+                or self._queued() or self.snd_una != self.snd_max):
             self.ka_out = 0
             self.keepalive_at = now + idle
             return
