@@ -104,6 +104,35 @@ def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def _ping_socket(family: int, proto: int, raw_filter):
+    """(socket, mode, errors): a ping socket where net.ipv4.ping_group_range lets us ("dgram"),
+    else a raw one that `raw_filter` narrows to echo replies ("raw", needs CAP_NET_RAW), else
+    (None, "none", (why not a ping socket, why not a raw one))."""
+    try:
+        return socket.socket(family, socket.SOCK_DGRAM, proto), "dgram", None
+    except OSError as dgram_exc:
+        sock = None
+        try:
+            sock = socket.socket(family, socket.SOCK_RAW, proto)
+            raw_filter(sock)
+            return sock, "raw", None
+        except OSError as raw_exc:
+            if sock is not None:
+                sock.close()
+            return None, "none", (dgram_exc, raw_exc)
+
+
+def _filter_echo_replies(sock: socket.socket) -> None:
+    # Only echo replies: the raw socket would otherwise get every ICMP message.
+    sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", 0xFFFFFFFF & ~(1 << ECHO_REPLY)))
+
+
+def _filter_echo_replies6(sock: socket.socket) -> None:
+    blocked = [0xFFFFFFFF] * 8
+    blocked[icmpv6.ECHO_REPLY >> 5] &= ~(1 << (icmpv6.ECHO_REPLY & 31))
+    sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("8I", *blocked))
+
+
 def _never_relayed(a: int) -> bool:
     # 0.0.0.0/8 and 240.0.0.0/4 (class E): no host to send to.
     return a >> 24 == 0 or a >> 28 == 15
@@ -507,25 +536,14 @@ class DatagramRelay:
             return self._icmp
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        sock = None
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
-            self._icmp_mode = "dgram"
-        except OSError as dgram_exc:
-            try:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-                # Only echo replies: the raw socket would otherwise get every ICMP message.
-                sock.setsockopt(SOL_RAW, ICMP_FILTER,
-                                struct.pack("I", 0xFFFFFFFF & ~(1 << ECHO_REPLY)))
-                self._icmp_mode = "raw"
-                self._icmp_ident = random.getrandbits(16)
-            except OSError as raw_exc:
-                if sock is not None:
-                    sock.close()
-                self._icmp_mode = "none"
-                self.log.warning("ping is not relayed: neither a ping socket nor a raw socket",
-                                 ping_socket=str(dgram_exc), raw_socket=str(raw_exc))
-                return None
+        sock, self._icmp_mode, errors = _ping_socket(socket.AF_INET, socket.IPPROTO_ICMP,
+                                                     _filter_echo_replies)
+        if sock is None:
+            self.log.warning("ping is not relayed: neither a ping socket nor a raw socket",
+                             ping_socket=str(errors[0]), raw_socket=str(errors[1]))
+            return None
+        if self._icmp_mode == "raw":
+            self._icmp_ident = random.getrandbits(16)
         sock.setblocking(False)
         self._icmp = sock
         self._loop.add_reader(sock.fileno(), self._icmp_readable)
@@ -551,25 +569,14 @@ class DatagramRelay:
             return self._icmp6
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        sock = None
-        try:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6)
-            self._icmp6_mode = "dgram"
-        except OSError as dgram_exc:
-            try:
-                sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-                blocked = [0xFFFFFFFF] * 8
-                blocked[icmpv6.ECHO_REPLY >> 5] &= ~(1 << (icmpv6.ECHO_REPLY & 31))
-                sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("8I", *blocked))
-                self._icmp6_mode = "raw"
-                self._icmp6_ident = random.getrandbits(16)
-            except OSError as raw_exc:
-                if sock is not None:
-                    sock.close()
-                self._icmp6_mode = "none"
-                self.log.warning("IPv6 ping is not relayed: neither a ping socket nor a raw "
-                                 "socket", ping_socket=str(dgram_exc), raw_socket=str(raw_exc))
-                return None
+        sock, self._icmp6_mode, errors = _ping_socket(socket.AF_INET6, socket.IPPROTO_ICMPV6,
+                                                      _filter_echo_replies6)
+        if sock is None:
+            self.log.warning("IPv6 ping is not relayed: neither a ping socket nor a raw "
+                             "socket", ping_socket=str(errors[0]), raw_socket=str(errors[1]))
+            return None
+        if self._icmp6_mode == "raw":
+            self._icmp6_ident = random.getrandbits(16)
         sock.setblocking(False)
         self._icmp6 = sock
         self._loop.add_reader(sock.fileno(), self._icmp6_readable)
