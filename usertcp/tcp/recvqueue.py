@@ -12,7 +12,7 @@ from collections import deque
 
 # Smaller pieces are copied into a shared tail (a view would keep a whole packet alive per byte
 # of a tiny segment: a peer sending 1-byte segments must not cost a packet each).
-_COPY_BELOW = 2048
+_COPY_BELOW = 1024
 _TAIL_MAX = 65536
 
 
