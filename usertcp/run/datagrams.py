@@ -379,15 +379,20 @@ class DatagramRelay:
         if addr == self.gateway:
             return self.loopback, port
         if addr == self.dns:
-            if port != 53:
-                c["udp_dns_other_port"] += 1
-            elif not self.resolver:
-                c["udp_dns_no_resolver"] += 1
-            else:
-                return self.resolver, 53
-            self._call_unreachable(src, dst, UNREACH_PORT)  # fails at once instead of timing out
-            return None
+            return self._to_resolver(src, dst)
         return addr, port
+
+    def _to_resolver(self, src: Address, dst: Address) -> Address | None:
+        """A datagram to the DNS address (either family): port 53 goes to the resolver; else,
+        or with no resolver, the program gets port unreachable at once instead of timing out."""
+        if dst[1] != 53:
+            self.counters["udp_dns_other_port"] += 1
+        elif not self.resolver:
+            self.counters["udp_dns_no_resolver"] += 1
+        else:
+            return self.resolver, 53
+        self._call_unreachable(src, dst, UNREACH_PORT)
+        return None
 
     def _remote_for6(self, src: Address, dst: Address) -> Address | None:
         c = self.counters
@@ -403,14 +408,7 @@ class DatagramRelay:
         if text == self.gateway6:
             return self.loopback6, port
         if text == self.dns6:
-            if port != 53:
-                c["udp_dns_other_port"] += 1
-            elif not self.resolver:
-                c["udp_dns_no_resolver"] += 1
-            else:
-                return self.resolver, 53
-            self._call_unreachable(src, dst, UNREACH_PORT)
-            return None
+            return self._to_resolver(src, dst)
         if a in self.subnet6:
             c["udp_no_host"] += 1
             self._call_unreachable(src, dst, UNREACH_HOST)
@@ -583,7 +581,6 @@ class DatagramRelay:
         return sock
 
     def _icmp6_readable(self) -> None:
-        c = self.counters
         raw = self._icmp6_mode == "raw"
         for _ in range(READ_BATCH):
             sock = self._icmp6
@@ -599,17 +596,7 @@ class DatagramRelay:
             # Both kinds of socket read the ICMPv6 message alone, its checksum checked already.
             if len(message) < 8 or message[0] != icmpv6.ECHO_REPLY or message[1] != 0:
                 continue
-            _t, _c, _csum, ident, our_seq = _ECHO.unpack_from(message)
-            if raw and ident != self._icmp6_ident:
-                continue
-            echo = self._echoes.get(our_seq)
-            if echo is None or addr[0] != echo.target:
-                c["icmp_echo_unmatched"] += 1
-                continue
-            del self._echoes[our_seq]
-            c["icmp_echo_replies"] += 1
-            self.sender.send_echo_reply(echo.pinged, echo.program, echo.ident, echo.seq,
-                                        message[8:])
+            self._echo_replied(message, addr[0], self._icmp6_ident if raw else None)
 
     def _free_seq(self) -> int:
         # The table holds fewer than 65536 entries, so this ends within max_echoes + 1 steps.
@@ -621,7 +608,6 @@ class DatagramRelay:
 
     def _icmp_readable(self) -> None:
         sock = self._icmp
-        c = self.counters
         raw = self._icmp_mode == "raw"
         for _ in range(READ_BATCH):
             if sock is None or self._closed:
@@ -639,17 +625,23 @@ class DatagramRelay:
                 continue
             if word_sum(message):  # raw sockets see packets before ICMP checks them
                 continue
-            _t, _c, _csum, ident, our_seq = _ECHO.unpack_from(message)
-            if raw and ident != self._icmp_ident:
-                continue  # a reply to another program's ping on this host
-            echo = self._echoes.get(our_seq)
-            if echo is None or addr[0] != echo.target:
-                c["icmp_echo_unmatched"] += 1
-                continue
-            del self._echoes[our_seq]
-            c["icmp_echo_replies"] += 1
-            self.sender.send_echo_reply(echo.pinged, echo.program, echo.ident, echo.seq,
-                                        bytes(message[8:]))
+            self._echo_replied(message, addr[0], self._icmp_ident if raw else None)
+
+    def _echo_replied(self, message, source: str, raw_ident: int | None) -> None:
+        """An echo reply (ICMP or ICMPv6) read from our socket: back to the program that
+        pinged, with its own identifier and sequence number. `raw_ident`: a raw socket sees
+        every reply on this host; ours carry this identifier."""
+        _t, _c, _csum, ident, our_seq = _ECHO.unpack_from(message)
+        if raw_ident is not None and ident != raw_ident:
+            return  # a reply to another program's ping on this host
+        echo = self._echoes.get(our_seq)
+        if echo is None or source != echo.target:
+            self.counters["icmp_echo_unmatched"] += 1
+            return
+        del self._echoes[our_seq]
+        self.counters["icmp_echo_replies"] += 1
+        self.sender.send_echo_reply(echo.pinged, echo.program, echo.ident, echo.seq,
+                                    bytes(message[8:]))
 
     def _sweep_echoes(self) -> None:
         self._echo_timer = None
