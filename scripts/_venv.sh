@@ -47,7 +47,7 @@ usertcp_ci() {
 }
 
 # _usertcp_missing_tools: the Debian packages for whichever of curl, nc, nft, ip, getent, ping,
-# setpriv, unshare are missing.
+# setpriv, unshare, tcpdump, chromium are missing.
 # nc must be the OpenBSD netcat (the tests use -N), so its absence or another flavour both count.
 _usertcp_missing_tools() {
     local pkgs=()
@@ -60,6 +60,9 @@ _usertcp_missing_tools() {
     command -v getent >/dev/null || pkgs+=(libc-bin)
     command -v ping >/dev/null || pkgs+=(iputils-ping)
     { command -v setpriv >/dev/null && command -v unshare >/dev/null; } || pkgs+=(util-linux)
+    # the ladder tests: tcpdump makes the captures, headless chromium looks at the HTML output
+    command -v tcpdump >/dev/null || pkgs+=(tcpdump)
+    command -v chromium >/dev/null || pkgs+=(chromium fonts-dejavu-core)
     echo "${pkgs[*]}"
 }
 

@@ -15,7 +15,8 @@ One connection at a time, four figures per column:
 Column `usertcp`: `python -m usertcp discard|http|echo` runs in a namespace of its own with its TUN device;
 the kernel client runs in that namespace and talks to the stack's address. Column `kernel`: a small Python
 server (discard, file over HTTP, echo) in one namespace and the same client in another, joined by a veth
-pair with the same MTU. All namespaces are made here (`bench-<pid>-...`) and deleted on exit, also on
+pair with the same MTU. All namespaces are made here (`bench-<role>-<pid>-<n>`, by usertcp.netns) and
+deleted on exit (those of an earlier run that was killed are reaped at the start), also on
 Ctrl-C or an error; every process is started here and stopped by its PID.
 
 Every figure is taken over IPv4 and over IPv6 (--families 4,6, the default): one usertcp process
@@ -365,7 +366,7 @@ class Runner:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.namespaces: list[str] = []
+        self.namespaces: list = []  # usertcp.netns.NetNS
         self.procs: list[subprocess.Popen] = []
         self.tmp = tempfile.mkdtemp(prefix="bench-tun-")
         self.file_dir = os.path.join(self.tmp, "www")
@@ -456,22 +457,27 @@ class Runner:
 
     # -- namespaces ------------------------------------------------------------------------
 
-    def netns(self, suffix: str) -> str:
-        name = f"bench-{os.getpid()}-{suffix}"
-        self.run(["ip", "netns", "add", name])
-        self.namespaces.append(name)
-        self.run(["ip", "-n", name, "link", "set", "lo", "up"])
-        return name
+    def netns(self, role: str) -> str:
+        # Imported here: the clients and servers inside the namespaces need the stdlib only.
+        from usertcp.netns import NetNS, reap_stale
+
+        reap_stale(f"bench-{role}")  # left by a run that was killed
+        try:
+            ns = NetNS.create(f"bench-{role}")
+        except OSError as exc:
+            raise BenchError(str(exc)) from None
+        self.namespaces.append(ns)
+        return ns.name
 
     def close(self) -> None:
         for proc in reversed(self.procs):
             with contextlib.suppress(Exception):
                 self.stop(proc, signal.SIGKILL, timeout=1.0)
-        for name in reversed(self.namespaces):
+        for ns in reversed(self.namespaces):
             try:
-                self.run(["ip", "netns", "delete", name], timeout=10)
-            except (BenchError, OSError) as exc:
-                log(f"could not delete netns {name}: {exc}")
+                ns.close()
+            except (OSError, subprocess.SubprocessError) as exc:
+                log(f"could not delete netns {ns.name}: {exc}")
         self.namespaces.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import secrets
 import signal
 import sys
@@ -112,6 +113,11 @@ def _common(parser: argparse.ArgumentParser, port: int | None, *, device: bool =
     parser.add_argument("--user-timeout", metavar="SECONDS", type=_positive_seconds,
                         help="TCP_USER_TIMEOUT: give up on a connection whose data stays "
                              "unacknowledged (or probes unanswered) this long")
+    parser.add_argument("--trace", nargs="?", const="", metavar="FILTER",
+                        help="draw every connection matching FILTER (e.g. 'port 80', "
+                             "'host 10.7.0.1'; all without one) live as a ladder, to stderr")
+    parser.add_argument("--trace-file", metavar="FILE",
+                        help="write --trace's ladders to FILE instead of stderr")
     parser.add_argument("--log-level", default=log_level, choices=log.LEVELS,
                         help=f"default {log_level}")
     parser.add_argument("--log-format", default="console", choices=("console", "json"))
@@ -144,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="[ADDR:]HOST_PORT:PORT",
                      help="listen on HOST_PORT here and relay to the program's PORT (repeatable)")
     run.add_argument("program", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]")
+    from .ladder.commands import add_parsers as add_ladder_parsers
+
+    add_ladder_parsers(sub)
     demo = sub.add_parser("demo", help="watch a connection's life, packet by packet")
     demo.add_argument("--msl", type=float, default=2.0,
                       help="MSL for the demo (default 2 s, so TIME-WAIT is 4 s)")
@@ -151,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the same conversation over IPv6 (fd00:7::1 to fd00:7::2)")
     demo.add_argument("--message", default="hello, usertcp",
                       help="the line the kernel's socket sends")
+    demo.add_argument("--scenario", default="normal", metavar="NAME",
+                      help="which connection's life to show (default normal; see --list)")
+    demo.add_argument("--list", action="store_true", help="list the scenarios and stop")
+    demo.add_argument("--pcap", metavar="FILE",
+                      help="also write the scenario's packets to FILE, as usertcp's device saw "
+                           "them (redraw it with `usertcp ladder FILE`)")
     return parser
 
 
@@ -227,15 +242,46 @@ def _rss_kb() -> int | None:
     return None
 
 
-async def _serve(args, make_callback) -> int:
+def _tracer(args):
+    """The --trace ladder drawer, or None; a bad FILTER is a usage error (ValueError)."""
+    if getattr(args, "trace", None) is None:
+        if getattr(args, "trace_file", None):
+            raise ValueError("--trace-file needs --trace")
+        return None
+    from .ladder.trace import Tracer
+
+    out = None
+    if args.trace_file:
+        out = open(args.trace_file, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed by the caller)
+    return Tracer(args.trace, out)
+
+
+@contextlib.asynccontextmanager
+async def _open_stack(args, fault=None):
+    """Stack.open with the command's options, and the tracer around the device when asked."""
     from .aio import Stack
 
+    tracer = _tracer(args)
+    addresses, host_addresses = _addresses(args)
+    try:
+        async with Stack.open(args.tun, addresses, host_addresses, mtu=args.mtu,
+                              config=_config(args), pcap=args.pcap, fault=fault,
+                              offload=args.offload,
+                              wrap=tracer.wrap if tracer else None) as stack:
+            if tracer:
+                tracer.attach(stack)
+            yield stack
+    finally:
+        if tracer:
+            tracer.close()
+            if args.trace_file:
+                tracer.stream.close()
+
+
+async def _serve(args, make_callback) -> int:
     callback = make_callback()
     fault = _fault(args)
-    addresses, host_addresses = _addresses(args)
-    async with Stack.open(args.tun, addresses, host_addresses, mtu=args.mtu,
-                          config=_config(args), pcap=args.pcap, fault=fault,
-                          offload=args.offload) as stack:
+    async with _open_stack(args, fault) as stack:
         server = await stack.start_server(callback, args.port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -253,13 +299,9 @@ async def _serve(args, make_callback) -> int:
 
 
 async def _connect(args) -> int:
-    from .aio import Stack
     from .apps.connect import run_connect
 
-    addresses, host_addresses = _addresses(args)
-    async with Stack.open(args.tun, addresses, host_addresses, mtu=args.mtu,
-                          config=_config(args), pcap=args.pcap, fault=_fault(args),
-                          offload=args.offload) as stack:
+    async with _open_stack(args, _fault(args)) as stack:
         return await run_connect(stack, args.host, args.port)
 
 
@@ -271,11 +313,20 @@ async def _run(args) -> int:
         command = command[1:]
     if not command:
         raise ValueError("run: no command given; usage: usertcp run [options] -- COMMAND [ARGS...]")
+    tracer = _tracer(args)
     opts = RunOptions(command=command, mtu=args.mtu, offload=args.offload, config=_config(args),
                       pcap=args.pcap, fault=_fault(args),
-                      publish=tuple(parse_publish(p) for p in args.publish))
+                      publish=tuple(parse_publish(p) for p in args.publish),
+                      wrap=tracer.wrap if tracer else None,
+                      attach=tracer.attach if tracer else None)
     logger = structlog.get_logger("usertcp").bind(part="run")
-    return await run(opts, logger, _run_status)
+    try:
+        return await run(opts, logger, _run_status)
+    finally:
+        if tracer:
+            tracer.close()
+            if args.trace_file:
+                tracer.stream.close()
 
 
 def _run_status(stack, relay, datagrams) -> None:
@@ -287,6 +338,10 @@ def _run_status(stack, relay, datagrams) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("ladder", "plot"):
+        from .ladder.commands import run_ladder, run_plot
+
+        return run_ladder(args) if args.command == "ladder" else run_plot(args)
     if args.command == "demo":
         from .demo import run_demo
 

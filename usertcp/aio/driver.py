@@ -68,6 +68,7 @@ class Stack:
         self._timer_when: float | None = None
         self._flush_scheduled = False
         self._drops_logged: dict[str, int] = {}
+        self._state_listeners: list[Callable[[ev.StateChanged], None]] = []
         self._closed = False
         self._device_gone = False
         self._rx_verified = bool(getattr(device, "rx_checksum_verified", False))
@@ -85,17 +86,20 @@ class Stack:
     def open(cls, tun: str = "utcp0", address: str = "10.7.0.2",
              host_address: str = "10.7.0.1/24", *, mtu: int = 1500,
              config: TcpConfig | None = None, pcap: str | None = None,
-             fault: dict | None = None, offload: bool = True, routes=()) -> _Opener:
+             fault: dict | None = None, offload: bool = True, routes=(),
+             wrap: Callable | None = None) -> _Opener:
         """Create the TUN device, configure its kernel side and start a stack.
 
         `routes` ("10.8.0.0/16", ...) are routed into the device too: with a server on
         every address (`start_server(cb, port=None)`), the stack answers for them all.
+        `wrap(device) -> device` puts middleware of the caller's around the device,
+        outermost (after `fault` and `pcap`): what it returns is what the stack drives.
 
         Use as `async with Stack.open(...) as stack:` (or `await Stack.open(...)`
         and `await stack.aclose()` later).
         """
         return _Opener(cls, tun, address, host_address, mtu, config, pcap, fault, offload,
-                       tuple(routes))
+                       tuple(routes), wrap)
 
     def now(self) -> float:
         return self.loop.time()
@@ -199,6 +203,19 @@ class Stack:
         """ICMP destination unreachable (`code`) about a UDP datagram sent from src to dst."""
         self.core.send_unreachable(src, dst, code)
         self.schedule_flush()
+
+    def add_state_listener(self, callback: Callable[[ev.StateChanged], None]) -> None:
+        """Call `callback(event)` with every connection's `StateChanged` event.
+
+        Called synchronously as the driver dispatches the engine's events, before the
+        packets that result from the same input are written to the device.
+        """
+        self._state_listeners.append(callback)
+
+    def remove_state_listener(self, callback: Callable[[ev.StateChanged], None]) -> None:
+        """Stop calling `callback`; a callback that was never added is ignored."""
+        if callback in self._state_listeners:
+            self._state_listeners.remove(callback)
 
     def connections(self) -> list[dict]:
         """The engine's connection table: 4-tuple, state, queues, timers, RTT."""
@@ -319,6 +336,9 @@ class Stack:
         self._flush_scheduled = False
         if self._closed:
             return
+        if self._state_listeners:
+            # e.g. close() changed the state: listeners hear of it before its FIN goes out.
+            self._dispatch_events()
         packets = self.core.packets_to_send(self.loop.time())
         if packets and not self._device_gone:
             try:
@@ -355,6 +375,8 @@ class Stack:
                     transport.pull()
             elif kind is ev.StateChanged:
                 self._log_state(event)
+                if self._state_listeners:
+                    self._notify_state(event)
                 if self._admitted and event.new is State.CLOSED:
                     # Reset or timed out before the application saw it: no other event says so.
                     _close_quietly(self._admitted.pop(event.conn_id, None))
@@ -513,6 +535,13 @@ class Stack:
             else:
                 self.core.unlisten(server.port)
 
+    def _notify_state(self, event: ev.StateChanged) -> None:
+        for callback in tuple(self._state_listeners):  # a callback may remove itself
+            try:
+                callback(event)
+            except Exception:  # one bad listener must not stall the stack
+                self.log.exception("state_listener.failed", conn=event.conn_id)
+
     # ------------------------------------------------------------ logging
 
     def _log_state(self, event: ev.StateChanged) -> None:
@@ -578,16 +607,17 @@ class _Opener:
     """`Stack.open(...)`: an async context manager that is also awaitable."""
 
     def __init__(self, cls, tun, address, host_address, mtu, config, pcap, fault, offload,
-                 routes):
+                 routes, wrap=None):
         self._args = (cls, tun, address, host_address, mtu, config, pcap, fault, offload,
-                      routes)
+                      routes, wrap)
         self._stack: Stack | None = None
 
     async def _open(self) -> Stack:
         from ..phy import FaultInjector, PcapWriter, TunDevice, configure_host_side
         from ..phy.netlink import parse_host_address
 
-        cls, tun, address, host_address, mtu, config, pcap, fault, offload, routes = self._args
+        cls, tun, address, host_address, mtu, config, pcap, fault, offload, routes, wrap = \
+            self._args
         addresses = [address] if isinstance(address, str) else list(address)
         host_addresses = [host_address] if isinstance(host_address, str) else list(host_address)
         hosts = {iface.version: iface for iface in map(parse_host_address, host_addresses)}
@@ -618,6 +648,8 @@ class _Opener:
                 device = FaultInjector(device, **fault)
             if pcap:
                 device = PcapWriter(device, pcap)
+            if wrap is not None:
+                device = wrap(device)
             self._stack = cls(device, stack_addresses, config=config)
         except BaseException:
             device.close()

@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import signal
 import sys
+from collections.abc import Callable
 
 from ..aio import Stack
 from ..phy import FaultInjector, PcapWriter
@@ -68,6 +69,8 @@ class RunOptions:
     pcap: str | None = None
     fault: dict | None = None
     publish: tuple[tuple[str, int, int], ...] = ()
+    wrap: Callable | None = None  # device -> device, outermost (e.g. --trace's recorder)
+    attach: Callable | None = None  # called with the Stack once it exists
 
 
 async def run(opts: RunOptions, log, status_callback=None) -> int:
@@ -85,8 +88,12 @@ async def run(opts: RunOptions, log, status_callback=None) -> int:
             device = FaultInjector(device, **opts.fault)
         if opts.pcap:
             device = PcapWriter(device, opts.pcap)
+        if opts.wrap:
+            device = opts.wrap(device)
         config = opts.config or TcpConfig(send_buffer=RUN_BUFFER, receive_buffer=RUN_BUFFER)
         stack = Stack(device, [GATEWAY, GATEWAY6], config=config, logger=log.bind(addr=GATEWAY))
+        if opts.attach:
+            opts.attach(stack)
         resolver = first_nameserver()
         relay = Relay(gateway=GATEWAY, dns=DNS, subnet=NETWORK, resolver=resolver, log=log,
                       gateway6=GATEWAY6, dns6=DNS6, subnet6=NETWORK6)
