@@ -31,7 +31,8 @@ def path_with(tmp_path: Path, *, uid: int, apt_get: str | None = None,
               tools: bool = False) -> Path:
     """A bin directory holding only BASICS, an `id` reporting `uid`, an `apt-get` running the
     script `apt_get` (none if None) and, if `tools`, curl, an OpenBSD-like nc, nft, ip, and
-    what `usertcp run`'s tests use: getent, ping, setpriv and unshare."""
+    what `usertcp run`'s tests use: getent, ping, setpriv and unshare, and the ladder tests'
+    tcpdump and chromium."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name in BASICS:
@@ -40,7 +41,8 @@ def path_with(tmp_path: Path, *, uid: int, apt_get: str | None = None,
     if apt_get is not None:
         stub(bin_dir, "apt-get", apt_get)
     if tools:
-        for name in ("curl", "nft", "ip", "getent", "ping", "setpriv", "unshare"):
+        for name in ("curl", "nft", "ip", "getent", "ping", "setpriv", "unshare", "tcpdump",
+                     "chromium"):
             stub(bin_dir, name, "exit 0")
         stub(bin_dir, "nc", "printf '\\t-N\\t\\tshutdown the network socket after EOF\\n'")
     return bin_dir
@@ -59,10 +61,12 @@ def test_not_root_and_tools_missing_warns_or_fails_under_ci(tmp_path, ci):
     res = system_tools(path_with(tmp_path, uid=1000, apt_get="exit 0"), ci)
     if ci in ("true", "1", "TRUE"):
         assert res.returncode == 1, res
-        assert "error: missing curl netcat-openbsd nftables iproute2 libc-bin iputils-ping util-linux, and not root" in res.stderr
+        assert ("error: missing curl netcat-openbsd nftables iproute2 libc-bin iputils-ping "
+                "util-linux tcpdump chromium fonts-dejavu-core, and not root") in res.stderr
     else:
         assert res.returncode == 0, res
-        assert "warning: missing curl netcat-openbsd nftables iproute2 libc-bin iputils-ping util-linux" in res.stderr
+        assert ("warning: missing curl netcat-openbsd nftables iproute2 libc-bin iputils-ping "
+                "util-linux tcpdump chromium fonts-dejavu-core, and not root") in res.stderr
 
 
 @pytest.mark.parametrize("ci", [None, "true"])
@@ -79,7 +83,7 @@ def test_failing_apt_get_fails(tmp_path, ci, failing):
                        ci)
     assert res.returncode == 1, res
     assert ("error: apt-get could not install curl netcat-openbsd nftables iproute2 libc-bin "
-            "iputils-ping util-linux") in res.stderr
+            "iputils-ping util-linux tcpdump chromium fonts-dejavu-core\n") in res.stderr
 
 
 def test_tools_still_missing_after_apt_get_fails(tmp_path):
