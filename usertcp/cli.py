@@ -19,6 +19,7 @@ from .tcp.errors import TcpError
 
 EXIT_USAGE = 2  # bad arguments, device or address problems
 EXIT_CONNECTION = 1  # refused, reset or timed out
+LOOPS = ("asyncio", "uvloop")
 
 # --fault SPEC: key=value pairs for usertcp.phy.FaultInjector, and how to read each value.
 _FAULT_KEYS = {"seed": int, "loss": float, "duplicate": float, "reorder": float,
@@ -76,6 +77,36 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _worker_count(text: str) -> int:
+    from .workers import MAX_WORKERS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers, got {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_WORKERS}, got {value}")
+    return value
+
+
+def _loop_factory(name: str):
+    """The event loop --loop asks for; ValueError (one line) when uvloop is missing."""
+    if name != "uvloop":
+        return None  # asyncio's default
+    try:
+        import uvloop
+    except ImportError:
+        raise ValueError("--loop uvloop: uvloop is not installed; "
+                         "pip install usertcp[uvloop]") from None
+    return uvloop.new_event_loop
+
+
+def _run_async(args, make_coro):
+    """Run `make_coro()` to its end on the loop --loop names."""
+    with asyncio.Runner(loop_factory=_loop_factory(getattr(args, "loop", "asyncio"))) as runner:
+        return runner.run(make_coro())
+
+
 def _common(parser: argparse.ArgumentParser, port: int | None, *, device: bool = True,
             mtu: int = 1500, log_level: str = "info") -> None:
     if device:
@@ -118,6 +149,9 @@ def _common(parser: argparse.ArgumentParser, port: int | None, *, device: bool =
                              "'host 10.7.0.1'; all without one) live as a ladder, to stderr")
     parser.add_argument("--trace-file", metavar="FILE",
                         help="write --trace's ladders to FILE instead of stderr")
+    parser.add_argument("--loop", default="asyncio", choices=LOOPS,
+                        help="event loop: asyncio's own (default) or uvloop "
+                             "(pip install usertcp[uvloop])")
     parser.add_argument("--log-level", default=log_level, choices=log.LEVELS,
                         help=f"default {log_level}")
     parser.add_argument("--log-format", default="console", choices=("console", "json"))
@@ -128,10 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="usertcp", description="A userspace TCP/IPv4 stack behind a TUN device.",
         epilog="A running service logs its connection table (event 'connections') on SIGUSR1.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _common(sub.add_parser("echo", help="echo service (RFC 862)"), 7)
-    _common(sub.add_parser("discard", help="discard service (RFC 863)"), 9)
+    echo = sub.add_parser("echo", help="echo service (RFC 862)")
+    discard = sub.add_parser("discard", help="discard service (RFC 863)")
     http = sub.add_parser("http", help="HTTP/1.1 static files")
-    _common(http, 80)
+    for service, port in ((echo, 7), (discard, 9), (http, 80)):
+        _common(service, port)
+        service.add_argument("--workers", type=_worker_count, default=1, metavar="N",
+                             help="N processes, one engine each, on N queues of the TUN "
+                                  "(IFF_MULTI_QUEUE), the kernel steering each connection to "
+                                  "one of them (default 1); --pcap FILE then writes FILE.0 ...")
     http.add_argument("--root", default=".", help="directory to serve (default .)")
     connect = sub.add_parser("connect", help="active open; stdin -> connection -> stdout")
     connect.add_argument("host")
@@ -278,10 +317,12 @@ async def _open_stack(args, fault=None):
                 tracer.stream.close()
 
 
-async def _serve(args, make_callback) -> int:
+async def _serve(args, make_callback, open_stack=None, ready=None) -> int:
+    """Serve until SIGINT/SIGTERM; `open_stack(args, fault)` and `ready(stack)` are a
+    worker's under --workers (its own queue; the supervisor logs service.ready)."""
     callback = make_callback()
     fault = _fault(args)
-    async with _open_stack(args, fault) as stack:
+    async with (open_stack or _open_stack)(args, fault) as stack:
         server = await stack.start_server(callback, args.port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -290,8 +331,12 @@ async def _serve(args, make_callback) -> int:
         # Read-only status: `kill -USR1 PID` logs the connection table (TIME-WAIT entries too).
         loop.add_signal_handler(signal.SIGUSR1, _status, stack)
         # Only now: a signal sent as soon as this line shows must find its handler in place.
-        stack.log.info("service.ready", service=args.command, address=stack.address, addresses=stack.addresses,
-                       port=args.port, tun=args.tun, **({"fault": fault} if fault else {}))
+        if ready is not None:
+            ready(stack)
+        else:
+            stack.log.info("service.ready", service=args.command, address=stack.address,
+                           addresses=stack.addresses, port=args.port, tun=args.tun,
+                           **({"fault": fault} if fault else {}))
         await stop.wait()
         stack.log.info("service.stopping", open_connections=len(stack.connections()) - 1)
         server.close()
@@ -336,6 +381,25 @@ def _run_status(stack, relay, datagrams) -> None:
     _status(stack)
 
 
+def _serve_workers(args, make) -> int:
+    from .workers import WorkerSpec, serve
+
+    if getattr(args, "trace", None) is not None:
+        raise ValueError("--trace draws one process's connections: not with --workers; "
+                         "use --pcap (one file per worker)")
+    addresses, host_addresses = _addresses(args)
+    spec = WorkerSpec(args.tun, addresses, host_addresses, args.mtu, args.offload,
+                      _config(args), args.workers, args.pcap,
+                      {"service": args.command, "address": addresses[0],
+                       "addresses": addresses, "port": args.port, "tun": args.tun})
+    _fault(args)  # a bad --fault is a usage error here, not in every worker
+
+    def run_worker(open_stack, ready) -> int:
+        return _run_async(args, lambda: _serve(args, lambda: make, open_stack, ready))
+
+    return serve(spec, run_worker)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("ladder", "plot"):
@@ -348,10 +412,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(args)
     log.configure(args.log_level, args.log_format)
     try:
+        _loop_factory(args.loop)  # a missing uvloop is a usage error, before anything opens
         if args.command == "run":
-            return asyncio.run(_run(args))
+            return _run_async(args, lambda: _run(args))
         if args.command == "connect":
-            return asyncio.run(_connect(args))
+            return _run_async(args, lambda: _connect(args))
         if args.command == "echo":
             from .apps.services import echo as make
         elif args.command == "discard":
@@ -361,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
 
             root = args.root
             make = StaticFiles(root)
-        return asyncio.run(_serve(args, lambda: make))
+        if args.workers > 1:
+            return _serve_workers(args, make)
+        return _run_async(args, lambda: _serve(args, lambda: make))
     except (DeviceError, ValueError, TcpError) as exc:
         print(f"usertcp: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -17,29 +17,35 @@ import itertools
 import struct
 from collections import Counter, deque
 
+from .fragments import Reassembler
+from .tcp import congestion
 from .tcp import events as ev
 from .tcp.config import TcpConfig
-from .tcp import congestion
 from .tcp.connection import Connection
-from .tcp.errors import (ConnectionNotWritable, NoFreePort, PortInUse, TooManyConnections,
-                         UnknownConnection, UnknownRequest)
+from .tcp.errors import (
+    ConnectionNotWritable,
+    NoFreePort,
+    PortInUse,
+    TooManyConnections,
+    UnknownConnection,
+    UnknownRequest,
+)
 from .tcp.isn import initial_sequence_number
 from .tcp.listener import Listener
 from .tcp.recvqueue import RecvQueue
 from .tcp.seq import MASK
 from .tcp.state import CAN_SEND, State
 from .tcp.syncookie import SLOT_SECONDS, check_cookie, make_cookie
-from .tcp.timewait import TimeWait
-from .wire.errors import DropReason, MalformedPacket
-from .fragments import Reassembler
+from .tcp.timewait import TimeWait, TimeWaitTable, pack_key
 from .wire import icmp, icmpv6, udp
-from .wire.ipv6 import IPv6Header, build_ipv6
+from .wire.errors import DropReason, MalformedPacket
 from .wire.icmp import echo_reply_for
 from .wire.ipv4 import PROTO_ICMP, PROTO_UDP, addr_to_int, build_ipv4, int_to_addr
+from .wire.ipv6 import IPv6Header, build_ipv6
 from .wire.packet import parse_packet
 from .wire.tcp import ACK, FIN, RST, SYN, Segment, build_options, build_segment
 
-__all__ = ["Stack", "TcpConfig", "State"]
+__all__ = ["Stack", "State", "TcpConfig"]
 
 _CLOSED = State.CLOSED  # a module global: attribute lookups on the Enum class are slow
 _V6_MULTICAST = (1 << 8) | 0xFF  # the top 8 bits of a V6-tagged ff00::/8 address, with the tag
@@ -76,9 +82,10 @@ class Stack:
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()  # by DropReason value
         self._events: deque = deque()
-        # (remote, rport, local, lport) -> connection or TIME-WAIT entry
-        self._conns: dict[tuple[int, int, int, int], Connection | TimeWait] = {}
-        self._by_id: dict[int, Connection | TimeWait] = {}
+        # (remote, rport, local, lport) -> connection; TIME-WAIT entries are in _tw
+        self._conns: dict[tuple[int, int, int, int], Connection] = {}
+        self._by_id: dict[int, Connection] = {}
+        self._tw = TimeWaitTable(self)
         self._listeners: dict[int, Listener] = {}
         self._any: Listener | None = None  # listen_any: every address, every port
         self._any_defer = False  # ask (ConnectionRequested) before answering a SYN
@@ -87,8 +94,9 @@ class Stack:
         self.forwarding = False  # forward_datagrams: UDP and foreign pings become events
         self.fragments = Reassembler()  # IPv4 and IPv6; bounded (fragments.py)
         self._pmtu: dict[int, tuple[int, float]] = {}  # remote -> (path MTU, expires)
-        self._timers: list = []  # heap of (deadline, tiebreak, connection or TIME-WAIT entry)
-        self._tiebreak = itertools.count()
+        # Heap of (deadline, connection id): an id, not the connection, so that a connection
+        # that ends is freed at once, not when its stale entries come up.
+        self._timers: list[tuple[float, int]] = []
         self._ids = itertools.count(1)
         lo, hi = self.config.ephemeral_ports
         self._next_port = lo + (initial_sequence_number(self.config.isn_secret, 0, 0, 0, 0, 0)
@@ -126,6 +134,11 @@ class Stack:
             return
         conn = self._conns.get((seg.src, seg.sport, seg.dst, seg.dport))
         if conn is None:
+            if self._tw.entries:
+                tw = self._tw.get(pack_key(seg.src, seg.sport, seg.dst, seg.dport))
+                if tw is not None:
+                    self._time_wait_segment(tw, packet, seg, now)
+                    return
             listener = self._listeners.get(seg.dport) if seg.dst in self._own else None
             if listener is None:
                 listener = self._any
@@ -137,19 +150,19 @@ class Stack:
             else:
                 self._on_listen(listener, seg, now)
             return
-        if type(conn) is TimeWait:
-            if seg.flags & SYN and not seg.flags & ACK and self._may_reuse(conn, seg):
-                self.counters["time_wait_reused"] += 1
-                self._drop_time_wait(conn)
-                self.state_changed(conn, State.TIME_WAIT, State.CLOSED, "reused", now)
-                self.receive(packet, now, checksum_verified=True)
-                return
-            conn.on_segment(seg, now)
-            return
         conn.last_rx = now  # keepalive idles from here
         conn.on_segment(seg, now)
         if conn.state is not _CLOSED:
             self._arm(conn)
+
+    def _time_wait_segment(self, tw: TimeWait, packet, seg: Segment, now: float) -> None:
+        if seg.flags & SYN and not seg.flags & ACK and self._may_reuse(tw, seg):
+            self.counters["time_wait_reused"] += 1
+            self._tw.remove(tw)
+            self.state_changed(tw, State.TIME_WAIT, State.CLOSED, "reused", now)
+            self.receive(packet, now, checksum_verified=True)
+            return
+        self._tw.segment(tw, seg, now)
 
     def _receive_other(self, packet, ip, checksum_verified: bool, now: float) -> None:
         try:
@@ -260,7 +273,7 @@ class Stack:
         """The connection an ICMP error quotes, if the quote is of a segment it sent (its
         sequence number within SND.UNA..SND.MAX, as Linux checks: blind errors do nothing)."""
         conn = None if sport is None else self._conns.get((qdst, dport, qsrc, sport))
-        if (conn is None or type(conn) is TimeWait
+        if (conn is None
                 or ((seq - conn.snd_una) & MASK) > ((conn.snd_max - conn.snd_una) & MASK)):
             self.drops[DropReason.ICMP_UNMATCHED.value] += 1
             return None
@@ -286,9 +299,9 @@ class Stack:
                 del cache[next(iter(cache))]  # the oldest learned
             cache[qdst] = (mtu, now + PMTU_EXPIRES)
             for other in list(self._by_id.values()):
-                if other.remote == qdst and type(other) is Connection and other is not conn:
-                    if other.path_mtu_lowered(mtu, now):
-                        self._arm(other)
+                if (other.remote == qdst and other is not conn
+                        and other.path_mtu_lowered(mtu, now)):
+                    self._arm(other)
         if conn.path_mtu_lowered(mtu, now):
             self._arm(conn)
 
@@ -398,8 +411,8 @@ class Stack:
         """Answer a ConnectionRequested SYN: the handshake goes on, as a connection of the
         same id (ConnectionAccepted follows when the peer's ACK arrives)."""
         seg, listener = self._take_request(request_id)
-        if self._live >= self.config.max_connections or (
-                seg.src, seg.sport, seg.dst, seg.dport) in self._conns:
+        if self._live >= self.config.max_connections or self._in_use(
+                seg.src, seg.sport, seg.dst, seg.dport):
             listener.half_open -= 1
             self.counters["listen_overflow"] += 1
             self.send_reset_for(seg, now)
@@ -498,7 +511,7 @@ class Stack:
                                      f"{self.config.max_connections}")
         if local_port is None:
             local_port = self._ephemeral_port(remote, remote_port, local)
-        elif (remote, remote_port, local, local_port) in self._conns:
+        elif self._in_use(remote, remote_port, local, local_port):
             raise PortInUse(f"{int_to_addr(local)}:{local_port} -> "
                             f"{int_to_addr(remote)}:{remote_port} is in use")
         conn = self._new_connection(local_port, remote, remote_port, now, local=local)
@@ -508,13 +521,20 @@ class Stack:
 
     def _ephemeral_port(self, remote: int, rport: int, local: int) -> int:
         lo, hi = self.config.ephemeral_ports
+        stride, offset = self.config.port_stride  # a worker's share of the range
         span = hi - lo + 1
         for _ in range(span):
             port = self._next_port
             self._next_port = lo + (port - lo + 1) % span
-            if (remote, rport, local, port) not in self._conns and port not in self._listeners:
+            if (port % stride == offset and port not in self._listeners
+                    and not self._in_use(remote, rport, local, port)):
                 return port
         raise NoFreePort(f"no free local port for {int_to_addr(remote)}:{rport}")
+
+    def _in_use(self, remote: int, rport: int, local: int, lport: int) -> bool:
+        """Is the 4-tuple a connection's or a TIME-WAIT entry's?"""
+        return (remote, rport, local, lport) in self._conns or (
+            bool(self._tw.entries) and pack_key(remote, rport, local, lport) in self._tw)
 
     def _new_connection(self, lport: int, remote: int, rport: int, now: float,
                         listener: Listener | None = None, iss: int | None = None,
@@ -620,14 +640,13 @@ class Stack:
 
     def _get(self, conn_id: int) -> Connection:
         conn = self._by_id.get(conn_id)
-        if conn is None or type(conn) is TimeWait:
+        if conn is None:
             raise UnknownConnection(conn_id)
         return conn
 
     def send(self, conn_id: int, data, now: float) -> int:
         """Queue data; returns how much fit in the send buffer."""
-        conn = self._by_id.get(conn_id)
-        if type(conn) is TimeWait:
+        if conn_id in self._tw.ids:
             raise ConnectionNotWritable(f"connection {conn_id} is in TIME-WAIT")
         conn = self._get(conn_id)
         if conn.state not in CAN_SEND or conn.fin_queued:
@@ -640,7 +659,7 @@ class Stack:
 
     def recv(self, conn_id: int, max_bytes: int = -1) -> bytes:
         conn = self._by_id.get(conn_id)
-        if conn is None or type(conn) is TimeWait:
+        if conn is None:
             return self._recv_leftover(conn_id, max_bytes)
         return conn.recv(max_bytes)
 
@@ -656,7 +675,7 @@ class Stack:
     def recv_pending(self, conn_id: int) -> int:
         """Bytes received and not yet read."""
         conn = self._by_id.get(conn_id)
-        if conn is None or type(conn) is TimeWait:
+        if conn is None:
             return len(self._leftover.get(conn_id, b""))
         return len(conn.rcvbuf)
 
@@ -667,14 +686,14 @@ class Stack:
 
     def close(self, conn_id: int, now: float) -> None:
         conn = self._by_id.get(conn_id)
-        if conn is None or type(conn) is TimeWait:
+        if conn is None:
             return
         conn.close(now)
         self._after_call(conn)
 
     def abort(self, conn_id: int, now: float) -> None:
         conn = self._by_id.get(conn_id)
-        if conn is None or type(conn) is TimeWait:
+        if conn is None:
             return
         conn.abort(now)
 
@@ -720,23 +739,32 @@ class Stack:
 
     # ------------------------------------------------------------ timers
 
-    def _arm(self, obj) -> None:
-        """Make sure the heap holds an entry no later than obj's next deadline.
+    def _arm(self, conn: Connection) -> None:
+        """Make sure the heap holds an entry no later than the connection's next deadline.
 
         A deadline that moves later keeps its early entry: when that fires,
         on_timer finds nothing due and the entry is pushed again. That keeps
         the per-ACK cost of re-arming the retransmission timer at nothing.
         """
-        d = obj.next_deadline()
-        if d is not None and (obj.armed is None or d < obj.armed):
-            obj.armed = d
-            heapq.heappush(self._timers, (d, next(self._tiebreak), obj))
+        d = conn.next_deadline()
+        if d is not None and (conn.armed is None or d < conn.armed):
+            conn.armed = d
+            heapq.heappush(self._timers, (d, conn.id))
 
     def next_deadline(self) -> float | None:
         timers = self._timers
-        while timers and timers[0][2].armed != timers[0][0]:
+        by_id = self._by_id
+        while timers:
+            deadline, conn_id = timers[0]
+            conn = by_id.get(conn_id)
+            if conn is not None and conn.armed == deadline:
+                break
             heapq.heappop(timers)  # stale: re-armed earlier or finished
         when = timers[0][0] if timers else None
+        if self._tw.fifo:
+            held = self._tw.next_deadline()
+            if held is not None and (when is None or held < when):
+                when = held
         if self.fragments.bytes_held:
             held = self.fragments.next_deadline()
             if held is not None and (when is None or held < when):
@@ -747,14 +775,19 @@ class Stack:
         if self.fragments.bytes_held:
             self.fragments.expire(now)
         timers = self._timers
+        by_id = self._by_id
         while timers and timers[0][0] <= now:
-            deadline, _, obj = heapq.heappop(timers)
-            if obj.armed != deadline:
+            deadline, conn_id = heapq.heappop(timers)
+            conn = by_id.get(conn_id)
+            if conn is None or conn.armed != deadline:
                 continue
-            obj.armed = None
-            obj.on_timer(now)
-            if obj.state is not State.CLOSED and self._by_id.get(obj.id) is obj:
-                self._arm(obj)
+            conn.armed = None
+            conn.on_timer(now)
+            if conn.state is not State.CLOSED and by_id.get(conn_id) is conn:
+                self._arm(conn)
+        if self._tw.fifo:
+            for tw in self._tw.expire(now):
+                self.state_changed(tw, State.TIME_WAIT, State.CLOSED, "2msl timeout", now)
 
     # ------------------------------------------------------------ events and state
 
@@ -770,7 +803,9 @@ class Stack:
 
     def state(self, conn_id: int) -> State:
         conn = self._by_id.get(conn_id)
-        return State.CLOSED if conn is None else conn.state
+        if conn is not None:
+            return conn.state
+        return State.TIME_WAIT if conn_id in self._tw.ids else State.CLOSED
 
     def own_address_for(self, remote: int) -> int:
         """The stack's address of `remote`'s family (ValueError when it has none)."""
@@ -789,9 +824,9 @@ class Stack:
     def connections(self, now: float = 0.0) -> list[dict]:
         """A snapshot for tools: 4-tuple, state, queues, timers, RTT."""
         rows = []
-        for conn in self._by_id.values():
+        for conn in (*self._by_id.values(), *self._tw):
             row = conn.info(now)
-            row["local"] = (int_to_addr(conn.key[2]), conn.lport)
+            row["local"] = (int_to_addr(conn.local), conn.lport)
             row["remote"] = (int_to_addr(conn.remote), conn.rport)
             rows.append(row)
         for port, listener in self._listeners.items():
@@ -820,7 +855,7 @@ class Stack:
 
     def state_changed(self, conn, old: State, new: State, cause: str, now: float) -> None:
         self._events.append(ev.StateChanged(
-            conn.id, old, new, cause, (int_to_addr(conn.key[2]), conn.lport),
+            conn.id, old, new, cause, (int_to_addr(conn.local), conn.lport),
             (int_to_addr(conn.remote), conn.rport), conn.snd_nxt, conn.rcv_nxt, now))
 
     def challenge_ack_allowed(self, now: float) -> bool:
@@ -873,23 +908,13 @@ class Stack:
         conn._set_state(State.TIME_WAIT, cause, now)
         if conn.rcvbuf:
             self._leftover[conn.id] = conn.rcvbuf
-        tw = TimeWait(self, conn, now)
-        self._conns[tw.key] = tw
-        self._by_id[tw.id] = tw
+        if self._conns.get(conn.key) is conn:
+            del self._conns[conn.key]
+        if self._by_id.get(conn.id) is conn:
+            del self._by_id[conn.id]
+        self._tw.add(conn, now)
         self._events.append(ev.ConnectionClosed(conn.id))
         self.counters["time_wait_entered"] += 1
-        self._arm(tw)
-
-    def time_wait_expired(self, tw: TimeWait, now: float) -> None:
-        self._drop_time_wait(tw)
-        self.state_changed(tw, State.TIME_WAIT, State.CLOSED, "2msl timeout", now)
-
-    def _drop_time_wait(self, tw: TimeWait) -> None:
-        tw.armed = None
-        if self._conns.get(tw.key) is tw:
-            del self._conns[tw.key]
-        if self._by_id.get(tw.id) is tw:
-            del self._by_id[tw.id]
 
     def _release(self, conn: Connection) -> None:
         """A connection leaving the table stops counting against its limits and queues."""
@@ -917,12 +942,17 @@ class Stack:
             self._events.append(event)
 
     def time_wait_count(self) -> int:
-        return sum(1 for c in self._by_id.values() if type(c) is TimeWait)
+        return len(self._tw)
+
+    def time_wait_entry(self, conn_id: int) -> TimeWait | None:
+        """A view of connection `conn_id`'s TIME-WAIT entry (a snapshot), or None."""
+        return self._tw.by_id(conn_id)
 
     def connection_count(self) -> int:
         """Connections that count against max_connections (all but TIME-WAIT entries)."""
         return self._live
 
     def __repr__(self) -> str:
-        return f"<Stack {self.address_str} connections={len(self._by_id)}>"
+        return (f"<Stack {self.address_str} connections={len(self._by_id)} "
+                f"time_wait={len(self._tw)}>")
 

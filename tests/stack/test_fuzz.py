@@ -78,6 +78,17 @@ A_ADDR, B_ADDR, CLEAN_ADDR = "10.0.0.1", "10.0.0.2", "10.0.0.3"
 A_INT, B_INT = 0x0A000001, 0x0A000002
 FAKE_PEERS = (0x0A000009, 0x0A010203, 0xC0A80707)  # sources nobody on the wire owns
 LISTEN_PORTS = (81, 80)  # A listens on 81, B on 80
+
+
+def entry(stack: Stack, cid: int):
+    """A connection, a view of a TIME-WAIT entry (stack.time_wait_entry), or None."""
+    conn = stack._by_id.get(cid)
+    return conn if conn is not None else stack.time_wait_entry(cid)
+
+
+def entry_ids(stack: Stack) -> list[int]:
+    """Ids of the connections and TIME-WAIT entries of a stack, in order."""
+    return sorted({*stack._by_id, *stack._tw.ids})
 FRESH_PORT = 8080  # for fresh_connection_check when the fuzzer limited LISTEN_PORTS' listener
 WIRE_DELAY = 0.001
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -295,7 +306,7 @@ class World:
         b.shutdown(self.peer_of(0, short).id, self.now)
         self.flush()
         self.advance(0.005)
-        assert type(a._by_id.get(c3)) is TimeWait, a._by_id.get(c3)
+        assert type(entry(a, c3)) is TimeWait, entry(a, c3)
         self.check()
 
     # -- plumbing
@@ -380,13 +391,13 @@ class World:
     def live(self, side: int) -> list:
         """Connections and TIME-WAIT entries of one stack, in id order."""
         stack = self.stacks[side]
-        return [stack._by_id[cid] for cid in sorted(stack._by_id)]
+        return [entry(stack, cid) for cid in entry_ids(stack)]
 
     def pick_id(self, side: int, pick: int) -> int:
         """Mostly a live connection id the application knows; sometimes one that is gone,
         or never was."""
         known = self.ids[side]
-        live = [cid for cid in sorted(self.stacks[side]._by_id) if cid in known]
+        live = [cid for cid in entry_ids(self.stacks[side]) if cid in known]
         choices = live + live + list(known) + [10_000 + pick % 3]
         return choices[pick % len(choices)]
 
@@ -522,7 +533,7 @@ class World:
         self.ops["send"] += 1
         stack = self.stacks[side]
         cid = self.pick_id(side, pick)
-        conn = stack._by_id.get(cid)
+        conn = entry(stack, cid)
         data = payload_bytes(cid * 7919 + n, n)
         if conn is None or type(conn) is TimeWait:
             expected = UnknownConnection if conn is None else ConnectionNotWritable
@@ -569,7 +580,7 @@ class World:
         shutdown/close at both ends at once (a graceful close, simultaneous or not)."""
         stack = self.stacks[side]
         cid = self.pick_id(side, pick)
-        conn = stack._by_id.get(cid)
+        conn = entry(stack, cid)
         what %= 8
         name = ("shutdown", "close", "abort", "nodelay", "shutdown-both", "close-both",
                 "keepalive", "user-timeout")[what]
@@ -642,7 +653,7 @@ class World:
         try:
             cid = stack.connect(remote, port, self.now, local_port=local)
         except PortInUse:
-            assert local is not None and (remote, port, stack.address, local) in stack._conns
+            assert local is not None and stack._in_use(remote, port, stack.address, local)
         except TooManyConnections:
             assert stack.connection_count() >= stack.config.max_connections
         else:
@@ -687,25 +698,32 @@ class World:
                 f"{where}: next_deadline() = {deadline!r}")
             assert deadline is None or deadline >= now, (
                 f"{where}: a timer due at {deadline} was not run by t={now}")
-            heap = {(id(obj), d) for d, _, obj in stack._timers}
+            heap = set(stack._timers)  # (deadline, connection id)
             for cid, obj in stack._by_id.items():
                 w = f"{where} conn {cid} {obj.state}"
                 assert isinstance(obj.state, State), w
                 assert obj.id == cid, w
                 assert stack._conns.get(obj.key) is obj, f"{w}: not in the 4-tuple table"
-                if type(obj) is TimeWait:
-                    assert obj.state is State.TIME_WAIT, w
-                else:
-                    assert type(obj) is Connection, w
-                    assert obj.state not in (State.CLOSED, State.LISTEN, State.TIME_WAIT), w
-                    self._check_connection(obj, w)
+                assert type(obj) is Connection, w
+                assert obj.state not in (State.CLOSED, State.LISTEN, State.TIME_WAIT), w
+                self._check_connection(obj, w)
                 d = obj.next_deadline()
                 if d is not None:
                     assert obj.armed is not None and obj.armed <= d, (
                         f"{w}: deadline {d} but armed at {obj.armed}")
-                    assert (id(obj), obj.armed) in heap, f"{w}: armed at {obj.armed}, not in heap"
+                    assert (obj.armed, cid) in heap, f"{w}: armed at {obj.armed}, not in heap"
             for obj in stack._conns.values():
                 assert stack._by_id.get(obj.id) is obj, f"{where}: {obj.key} not in the id table"
+            table = stack._tw
+            assert len(table.ids) == len(table.entries), f"{where}: TIME-WAIT tables differ"
+            for cid, key in table.ids.items():
+                tw = table.get(key)
+                w = f"{where} TIME-WAIT {cid}"
+                assert tw is not None and tw.id == cid and tw.state is State.TIME_WAIT, w
+                assert (tw.remote, tw.rport, tw.local, tw.lport) not in stack._conns, (
+                    f"{w}: its 4-tuple is also a connection's")
+                assert tw.deadline >= now, f"{w}: due at {tw.deadline}, not expired by t={now}"
+                assert key in table.fifo, f"{w}: not in the expiry FIFO"
             conns = [c for c in stack._by_id.values() if type(c) is Connection]
             assert stack.connection_count() == len(conns), (
                 f"{where}: connection_count() {stack.connection_count()}, {len(conns)} live")

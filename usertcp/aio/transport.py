@@ -17,7 +17,23 @@ if TYPE_CHECKING:
     from .driver import Stack
 
 _HIGH_WATER = 64 * 1024
+_LOW_WATER = _HIGH_WATER // 4
 _DONE_SENDING = frozenset({State.FIN_WAIT_2, State.TIME_WAIT, State.CLOSED})
+_SOCKNAMES: dict[tuple, tuple] = {}  # recent socknames, each kept once (see _shared)
+_SOCKNAMES_MAX = 256
+
+
+def _shared(sockname: tuple) -> tuple:
+    """An equal sockname tuple seen before, if any: a server's accepted transports all share
+    one, instead of a tuple and an address string each. Bounded: clients' socknames (a port
+    each) only pass through."""
+    known = _SOCKNAMES.get(sockname)
+    if known is not None:
+        return known
+    if len(_SOCKNAMES) >= _SOCKNAMES_MAX:
+        _SOCKNAMES.clear()
+    _SOCKNAMES[sockname] = sockname
+    return sockname
 
 
 class TcpTransport(asyncio.Transport):
@@ -26,19 +42,29 @@ class TcpTransport(asyncio.Transport):
     Flow control both ways is TCP's own: a paused reader leaves data in the
     engine, whose receive window then closes; `drain()` waits while the send
     buffer is full and more than the high-water mark waits here.
+
+    Slots, and nothing made before it is needed: a server may hold 100,000 idle ones.
     """
+
+    __slots__ = ("_admitted", "_closing", "_core", "_engine_done", "_eof_delivered",
+                 "_eof_requested", "_high", "_lost", "_low", "_peer_eof", "_peername",
+                 "_pending", "_pending_size", "_protocol", "_reading_paused", "_sockname",
+                 "_stack", "_writing_paused", "conn_id")
 
     def __init__(self, stack: Stack, conn_id: int, protocol: asyncio.BaseProtocol,
                  sockname: tuple[str, int], peername: tuple[str, int], admitted=None):
-        super().__init__(extra={"sockname": sockname, "peername": peername, "socket": None,
-                                "admitted": admitted})
+        self._extra = None  # get_extra_info answers from the slots: no dict per transport
+        self._sockname = _shared(sockname)
+        self._peername = peername
+        self._admitted = admitted
         self._stack = stack
         self._core = stack.core
         self.conn_id = conn_id
         self._protocol = protocol
         # Accepted from the app, not yet into the engine: whole chunks, so that a relay
         # writing 256 KB reads costs no copy here (a bytearray re-copies on every append).
-        self._pending: deque = deque()
+        # A deque only while something waits (an empty one costs ~600 bytes).
+        self._pending: deque | None = None
         self._pending_size = 0
         self._eof_requested = False  # write_eof() called: FIN once _pending is empty
         self._closing = False  # close() called
@@ -49,9 +75,20 @@ class TcpTransport(asyncio.Transport):
         self._engine_done = False  # ConnectionClosed seen: only leftover data remains
         self._writing_paused = False
         self._high = _HIGH_WATER
-        self._low = _HIGH_WATER // 4
+        self._low = _LOW_WATER
 
     # -------------------------------------------------------- asyncio.Transport
+
+    def get_extra_info(self, name, default=None):
+        if name == "sockname":
+            return self._sockname
+        if name == "peername":
+            return self._peername
+        if name == "admitted":
+            return self._admitted
+        if name == "socket":
+            return None  # there is no kernel socket behind it
+        return default
 
     def write(self, data) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -73,7 +110,7 @@ class TcpTransport(asyncio.Transport):
             if n < len(data):
                 rest = (memoryview(data)[n:] if type(data) is bytes
                         else bytes(memoryview(data)[n:]))  # only the rest is copied
-                self._pending.append(rest)
+                self._pending = deque((rest,))
                 self._pending_size += len(rest)
                 self._stack.blocked.add(self)
             self._stack.schedule_flush()
@@ -216,6 +253,8 @@ class TcpTransport(asyncio.Transport):
                     pending.popleft()
             except Exception:  # the engine says the connection can no longer send
                 self._drop_pending()
+            if not pending:
+                self._pending = None
             self._stack.schedule_flush()
         if self._pending:
             self._stack.blocked.add(self)
@@ -263,7 +302,7 @@ class TcpTransport(asyncio.Transport):
         self._stack.loop.call_soon(self._protocol.connection_lost, exc)
 
     def _drop_pending(self) -> None:
-        self._pending.clear()
+        self._pending = None
         self._pending_size = 0
 
     def _check_high_water(self) -> None:

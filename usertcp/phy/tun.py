@@ -1,4 +1,4 @@
-"""A Linux TUN device (IFF_TUN | IFF_NO_PI) over pytun-pmd3, non-blocking."""
+"""A Linux TUN device (IFF_TUN | IFF_NO_PI) over pytun-pmd3, non-blocking; one queue or several."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import os
 import re
 import socket
 from functools import partial
+from typing import Self
 
 from pytun_pmd3 import TunTapDevice
 from pytun_pmd3.linux import IFF_NO_PI, IFF_TUN, IFF_VNET_HDR
 
+from . import vnet
+from .base import write_each
 from .errors import (
     DeviceError,
     InvalidName,
@@ -20,10 +23,10 @@ from .errors import (
     check_mtu,
     permission_denied,
 )
-from . import vnet
-from .base import write_each
 
 TUN_PATH = "/dev/net/tun"
+IFF_MULTI_QUEUE = 0x0100  # linux/if_tun.h: one device, a file (queue) per reader
+IFF_TUN_EXCL = 0x8000  # fail with EBUSY, rather than attach, when the name exists
 IFNAMSIZ = 16  # kernel buffer size, including the trailing NUL
 # Stricter than the kernel (which also takes '%' patterns and most
 # punctuation) so names stay safe to paste into shell commands.
@@ -49,7 +52,7 @@ def validate_name(name: object) -> str:
     return name
 
 
-def _open_error(exc: OSError, name: str) -> DeviceError:
+def _open_error(exc: OSError, name: str, exclusive: bool = False) -> DeviceError:
     code = exc.errno
     if code in (errno.EPERM, errno.EACCES):
         return permission_denied(f"cannot create TUN device {name!r}", code)
@@ -59,6 +62,8 @@ def _open_error(exc: OSError, name: str) -> DeviceError:
             f"(modprobe tun) or, in a container, pass the device through",
             errno=code,
         )
+    if code == errno.EBUSY and exclusive:
+        return NameTaken(f"interface {name!r} already exists; choose another name", errno=code)
     if code == errno.EBUSY:
         return NameTaken(
             f"interface {name!r} is already attached to another process; choose another name",
@@ -94,7 +99,8 @@ class TunDevice:
     rx_checksum_verified = False
     tso_max = 0
 
-    def __init__(self, name: str = "utcp0", mtu: int = 1500, *, offload: bool = False) -> None:
+    def __init__(self, name: str = "utcp0", mtu: int = 1500, *, offload: bool = False,
+                 _queue_flags: int = 0) -> None:
         validate_name(name)
         check_mtu(mtu)
         if not os.path.exists(TUN_PATH):
@@ -106,10 +112,10 @@ class TunDevice:
         try:
             # pytun-pmd3 raises PytunError (an OSError) from the ioctl and a
             # plain OSError from opening /dev/net/tun; both carry errno.
-            flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+            flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0) | _queue_flags
             self._tun = TunTapDevice(name=name, flags=flags)
         except OSError as exc:
-            raise _open_error(exc, name) from None
+            raise _open_error(exc, name, bool(_queue_flags & IFF_TUN_EXCL)) from None
         self._fd: int | None = self._tun.fileno()
         try:
             os.set_blocking(self._fd, False)
@@ -139,6 +145,29 @@ class TunDevice:
             self.tso_max = 65535 - 40 - 40  # the largest IPv4 packet, less headers and options
             self.receive_batch = self._receive_batch_vnet
             self.send_batch = self._send_batch_vnet
+
+    @classmethod
+    def open_queues(cls, name: str, count: int, mtu: int = 1500, *,
+                    offload: bool = False) -> list[TunDevice]:
+        """`count` queues of one new multi-queue device (IFF_MULTI_QUEUE), each a TunDevice.
+
+        Queue i is the kernel's queue_index i while all stay open. Closing one detaches it
+        (the kernel then renumbers the last into its place); the interface disappears with
+        the last. Which queue gets a packet is the kernel's choice: see `steering`.
+        """
+        if count < 1:
+            raise ValueError(f"a device needs at least one queue, not {count}")
+        queues: list[TunDevice] = []
+        try:
+            for index in range(count):
+                # The first creates the device and must not join one that exists already.
+                extra = IFF_MULTI_QUEUE | (IFF_TUN_EXCL if index == 0 else 0)
+                queues.append(cls(name, mtu, offload=offload, _queue_flags=extra))
+        except BaseException:
+            for queue in queues:
+                queue.close()
+            raise
+        return queues
 
     @classmethod
     def adopt(cls, fd: int, name: str, mtu: int, *, offload: bool) -> TunDevice:
@@ -223,7 +252,7 @@ class TunDevice:
             self._fd = None
             self._tun.close()
 
-    def __enter__(self) -> TunDevice:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -210,6 +210,8 @@ class Arrival:
         self.ooo.add(seq, bytes(payload), self.rcv_nxt)
         if self.sack_ok:  # the first SACK block will be this arrival's
             recent = self.sack_recent
+            if type(recent) is tuple:
+                recent = self.sack_recent = []
             recent.insert(0, seq)
             del recent[_SACK_RECENT:]
         if flags & FIN:
@@ -305,7 +307,7 @@ class Arrival:
                 self.rcvbuf.append(piece)
                 rcv_nxt = (rcv_nxt + len(piece)) & MASK
             if not self.ooo.blocks:
-                self.sack_recent.clear()
+                self.sack_recent = ()
             self.ack_now = True  # filled (part of) a hole: ACK at once (RFC 5681 4.2)
         self.rcv_nxt = rcv_nxt
         if not self.data_event_pending:

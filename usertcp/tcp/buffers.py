@@ -1,19 +1,20 @@
 """The send and receive buffers: what the application queues and reads, and the windows
 they make (RFC 9293 3.8.6: the window we advertise, receiver-side silly window avoidance).
 
-The bytes live in two bytearrays on Connection: `sndbuf` (`buf_seq` is the sequence number of
-its first byte) and `rcvbuf` up to RCV.NXT; out-of-order data waits in `reassembly.Reassembly`.
-The front of `sndbuf` may hold bytes already acknowledged (up to SND.UNA): they are cut off only
-once there are TRIM_AT of them, or all is acknowledged, because cutting the front of a bytearray
-can copy what remains (CPython shrinks it by reallocating), and a per-ACK cut made a bulk
-sender copy its buffer over and over.
+The bytes live on Connection: `sndbuf` (`buf_seq` is the sequence number of its first byte)
+and `rcvbuf` (a recvqueue.RecvQueue) up to RCV.NXT; out-of-order data waits in
+`reassembly.Reassembly`. The front of `sndbuf` may hold bytes already acknowledged (up to
+SND.UNA): they are cut off only once there are TRIM_AT of them, or all is acknowledged, because
+cutting the front of a bytearray can copy what remains (CPython shrinks it by reallocating),
+and a per-ACK cut made a bulk sender copy its buffer over and over. `sndbuf` is an empty bytes
+while nothing is queued (an idle connection keeps no bytearray), a bytearray from the first
+send() until all is acknowledged.
 """
 
 from __future__ import annotations
 
 from .seq import HALF, MASK
 from .state import CAN_RECEIVE, SYN_RECEIVED, SYN_SENT
-
 
 TRIM_AT = 256 * 1024
 
@@ -39,7 +40,7 @@ class Buffers:
         buf = self.sndbuf
         n = len(buf)
         if done >= n:  # all data acknowledged (and maybe our FIN): nothing left to copy
-            buf.clear()
+            self.sndbuf = b""  # an idle connection keeps no buffer
             self.buf_seq = (self.buf_seq + n) & MASK
         elif done >= TRIM_AT:
             del buf[:done]
@@ -50,7 +51,10 @@ class Buffers:
         if space <= 0:
             return 0
         n = min(space, len(data))
-        self.sndbuf += data[:n] if n < len(data) else data
+        if type(self.sndbuf) is bytes:  # the first data (or the first after all was acked)
+            self.sndbuf = bytearray(data[:n] if n < len(data) else data)
+        else:
+            self.sndbuf += data[:n] if n < len(data) else data
         if self.state is not SYN_SENT and self.state is not SYN_RECEIVED:
             self._mark()
         return n

@@ -35,6 +35,9 @@ class TcpConfig:
     fin_wait_2_timeout: float = 60.0  # for connections the application has closed
     challenge_ack_limit: int = 1000  # per second, stack-wide (RFC 5961 7)
     ephemeral_ports: tuple[int, int] = (32768, 60999)
+    # Active opens use only ports p with p % stride == offset: with N workers on one
+    # multi-queue TUN, worker i takes (N, i), and the kernel steers replies by that.
+    port_stride: tuple[int, int] = (1, 0)
     isn_secret: bytes = b""  # the driver supplies random bytes; empty is for tests
     tx_checksum_offload: bool = False  # leave the TCP checksum to the device
     tso_max: int = 0  # largest segment payload the device will cut up for us; 0: MSS only
@@ -78,6 +81,11 @@ class TcpConfig:
         if self.congestion not in ALGORITHMS:
             raise ValueError(f"unknown congestion control {self.congestion!r}; "
                              f"choose one of {', '.join(ALGORITHMS)}")
+        stride, offset = self.port_stride
+        if not (1 <= stride <= self.ephemeral_ports[1] - self.ephemeral_ports[0] + 1
+                and 0 <= offset < stride):
+            raise ValueError(f"port_stride {self.port_stride}: need 1 <= stride <= the "
+                             f"ephemeral range's size and 0 <= offset < stride")
         if self.max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         if self.receive_buffer > (65535 << 14):

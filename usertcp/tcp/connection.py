@@ -31,8 +31,8 @@ from .buffers import Buffers
 from .output import Output
 from .rack import Rack, Tlp
 from .reassembly import Reassembly
-from .recvqueue import RecvQueue
 from .recovery import Recovery
+from .recvqueue import RecvQueue
 from .rtt import RttEstimator, RttSampling
 from .scoreboard import Scoreboard
 from .seq import MASK
@@ -102,7 +102,7 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
         # TcpConfig.mss is for IPv4 (MTU - 40); IPv6 takes 20 more header bytes.
         self.mss_own = cfg.mss if self.local < 0x100000000 else cfg.mss - _V6_HEADER_EXTRA
         self.snd_mss = min(self.default_peer_mss(), self.mss_own)
-        self.sndbuf = bytearray()
+        self.sndbuf = b""  # a bytearray from the first send() (Buffers.send)
         self.buf_seq = (iss + 1) & MASK  # sequence number of sndbuf[0]
         self.fin_queued = False
         self.irs = 0
@@ -138,7 +138,7 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
         self.opened_at = now
         self.last_oow_ack: float | None = None
         self.keepalive = cfg.keepalive
-        self.ka_params = (cfg.keepalive_idle, cfg.keepalive_interval, cfg.keepalive_probes)
+        self.ka_params = None  # (idle, interval, probes) once set_keepalive sets one; else cfg's
         self.keepalive_at: float | None = now + cfg.keepalive_idle if cfg.keepalive else None
         self.ka_out = 0  # keepalive probes sent and not answered
         self.ka_since = 0.0  # when the first of them went
@@ -157,7 +157,7 @@ class Connection(Arrival, Output, Recovery, Timers, RttSampling, Buffers):
         self.ts_recent = 0  # RFC 7323 TS.Recent, and when it was taken
         self.ts_recent_age = now
         self.last_ack_sent = 0  # RFC 7323 Last.ACK.sent
-        self.sack_recent: list[int] = []  # seqs of out-of-order arrivals, latest first
+        self.sack_recent: list[int] | tuple = ()  # seqs of out-of-order arrivals, latest first
         self.rtx_ts: int | None = None  # TSval of the latest retransmission (RTTM, Karn)
         self.ts_sampled: int | None = None  # the TSecr of the last RTT sample
         self.cc = congestion.create(cfg.congestion, cfg.initial_window)

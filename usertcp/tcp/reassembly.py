@@ -15,7 +15,8 @@ class Reassembly:
     __slots__ = ("blocks", "size")
 
     def __init__(self) -> None:
-        self.blocks: list[tuple[int, bytes]] = []
+        # A list only once a block is held (add makes one): most connections never need it.
+        self.blocks: list[tuple[int, bytes]] | tuple = ()
         self.size = 0
 
     def __bool__(self) -> bool:
@@ -77,6 +78,8 @@ class Reassembly:
                 piece = bdata[offset:]
                 out.append(piece)
                 rcv_nxt = (rcv_nxt + len(piece)) & MASK
+        if not blocks:
+            self.blocks = ()
         return out
 
     def ranges(self) -> list[tuple[int, int]]:

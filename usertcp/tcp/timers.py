@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..wire.tcp import ACK, RST
 from . import events as ev
 from .seq import MASK
-from .state import CLOSED, CLOSE_WAIT, ESTABLISHED, FIN_WAIT_2, SYN_RECEIVED, SYN_SENT
+from .state import CLOSE_WAIT, CLOSED, ESTABLISHED, FIN_WAIT_2, SYN_RECEIVED, SYN_SENT
 
 
 class Timers:
@@ -161,7 +161,7 @@ class Timers:
                       interval: float | None = None, probes: int | None = None,
                       now: float | None = None) -> None:
         """Turn keepalive on or off; None leaves a parameter as it was."""
-        old_idle, old_interval, old_probes = self.ka_params
+        old_idle, old_interval, old_probes = self._ka_params()
         self.ka_params = (old_idle if idle is None else idle,
                           old_interval if interval is None else interval,
                           old_probes if probes is None else probes)
@@ -172,6 +172,14 @@ class Timers:
             return
         since = self.last_rx if now is None else max(self.last_rx, now)
         self.keepalive_at = since + self.ka_params[0]
+
+    def _ka_params(self) -> tuple[float, float, int]:
+        """(idle, interval, probes): the connection's own, or TcpConfig's."""
+        params = self.ka_params
+        if params is None:
+            cfg = self.cfg
+            return cfg.keepalive_idle, cfg.keepalive_interval, cfg.keepalive_probes
+        return params
 
     def set_user_timeout(self, seconds: float | None) -> None:
         """Set or clear the user timeout; a stall already under way is measured from its
@@ -201,7 +209,7 @@ class Timers:
         self.keepalive_at = None
         if not self.keepalive:
             return
-        idle, interval, probes = self.ka_params
+        idle, interval, probes = self._ka_params()
         state = self.state
         if ((state is not ESTABLISHED and state is not CLOSE_WAIT and state is not FIN_WAIT_2)
                 or self._queued() or self.snd_una != self.snd_max):
