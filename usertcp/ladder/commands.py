@@ -120,6 +120,15 @@ def _choose(command: str, args, connections):
     return select(connections, port=args.port, number=args.connection)
 
 
+def _pick(command: str, args):
+    """The connection to draw; None when --list printed the capture's connections instead."""
+    _capture, connections = _connections(args)
+    if args.list:
+        print(_listing(connections) if connections else f"{args.file}: no TCP connection")
+        return None
+    return _choose(command, args, connections)
+
+
 def _write(path: str | None, content: str | bytes) -> None:
     if path is None or path == "-":
         if isinstance(content, bytes):
@@ -147,11 +156,9 @@ def run_ladder(args) -> int:
     from .observer import observe
 
     try:
-        _capture, connections = _connections(args)
-        if args.list:
-            print(_listing(connections) if connections else f"{args.file}: no TCP connection")
+        chosen = _pick("ladder", args)
+        if chosen is None:
             return EXIT_OK
-        chosen = _choose("ladder", args, connections)
         conv = observe(chosen.packets, names=args.names or ("client", "server"))
         fmt = _format(args)
         if fmt == "text":
@@ -191,16 +198,15 @@ def run_plot(args) -> int:
     from .plot import default_direction, plot_png, plot_svg
 
     try:
-        _capture, connections = _connections(args)
-        if args.list:
-            print(_listing(connections) if connections else f"{args.file}: no TCP connection")
+        if not args.list:
+            if not args.output:
+                raise ValueError("give -o OUT.svg or -o OUT.png")
+            suffix = os.path.splitext(args.output)[1].lower()
+            if suffix not in (".svg", ".png"):
+                raise ValueError(f"-o {args.output}: the graph is written as .svg or .png")
+        chosen = _pick("plot", args)
+        if chosen is None:
             return EXIT_OK
-        if not args.output:
-            raise ValueError("give -o OUT.svg or -o OUT.png")
-        suffix = os.path.splitext(args.output)[1].lower()
-        if suffix not in (".svg", ".png"):
-            raise ValueError(f"-o {args.output}: the graph is written as .svg or .png")
-        chosen = _choose("plot", args, connections)
         conv = observe(chosen.packets)
         side = {"client": 0, "server": 1}.get(args.sender)
         if side is None:

@@ -10,20 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# RFC 9293's names, as both sides' states are spelled everywhere.
-CLOSED = "CLOSED"
-LISTEN = "LISTEN"
-SYN_SENT = "SYN-SENT"
-SYN_RECEIVED = "SYN-RECEIVED"
-ESTABLISHED = "ESTABLISHED"
-FIN_WAIT_1 = "FIN-WAIT-1"
-FIN_WAIT_2 = "FIN-WAIT-2"
-CLOSE_WAIT = "CLOSE-WAIT"
-CLOSING = "CLOSING"
-LAST_ACK = "LAST-ACK"
-TIME_WAIT = "TIME-WAIT"
-STATES = (CLOSED, LISTEN, SYN_SENT, SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2,
-          CLOSE_WAIT, CLOSING, LAST_ACK, TIME_WAIT)
+from ..tcp.state import State
+
+# RFC 9293's names as text, the engine's own spelling (usertcp.tcp.state).
+CLOSED, LISTEN, SYN_SENT, SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT, CLOSING, \
+    LAST_ACK, TIME_WAIT = STATES = tuple(str(state) for state in State)
 
 # Anomaly marks on a row (Row.marks), in the order renderers show them.
 RETRANSMISSION = "retransmission"  # this sequence space was seen from this side before
