@@ -57,6 +57,7 @@ import contextlib
 import io
 import json
 import os
+import selectors
 import shlex
 import shutil
 import signal
@@ -307,12 +308,6 @@ def _serve_http(conn: socket.socket, root: str) -> None:
             conn.sendall(chunk)
 
 
-def _serve_echo(conn: socket.socket, root: str) -> None:
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    while data := conn.recv(256 * 1024):
-        conn.sendall(data)
-
-
 def _handle(handler, conn: socket.socket, root: str) -> None:
     with conn:
         conn.settimeout(60.0)
@@ -326,16 +321,64 @@ def _accept_loop(listener: socket.socket, handler, root: str) -> None:
         threading.Thread(target=_handle, args=(handler, conn, root), daemon=True).start()
 
 
+def _echo_loop(listener: socket.socket) -> None:
+    """The echo service in one thread on a selector: a connection costs no thread start, so the
+    kernel's connections per second are the kernel's, not Python's threading."""
+    sel = selectors.DefaultSelector()
+    listener.setblocking(False)
+    sel.register(listener, selectors.EVENT_READ)
+    unsent: dict[socket.socket, bytes] = {}
+
+    def drop(conn: socket.socket) -> None:
+        sel.unregister(conn)
+        unsent.pop(conn, None)
+        conn.close()
+
+    while True:
+        for key, events in sel.select():
+            sock = key.fileobj
+            if sock is listener:
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        conn, _ = listener.accept()
+                        conn.setblocking(False)
+                        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        sel.register(conn, selectors.EVENT_READ)
+                continue
+            try:
+                if events & selectors.EVENT_WRITE:
+                    data = unsent.pop(sock)
+                else:
+                    data = sock.recv(256 * 1024)
+                    if not data:
+                        drop(sock)
+                        continue
+                sent = sock.send(data)
+            except BlockingIOError:
+                continue
+            except OSError:
+                drop(sock)
+                continue
+            if sent < len(data):  # the peer is slow: wait until it can take the rest
+                unsent[sock] = data[sent:]
+                sel.modify(sock, selectors.EVENT_WRITE)
+            elif events & selectors.EVENT_WRITE:
+                sel.modify(sock, selectors.EVENT_READ)
+
+
 def server_main(argv: list[str]) -> int:
     """`_server ADDRESS[,ADDRESS...] ROOT`: serve discard, http and echo on each address (IPv4 or
     IPv6) until SIGTERM/SIGINT."""
     addresses, root = argv
-    handlers = {"discard": _serve_discard, "http": _serve_http, "echo": _serve_echo}
+    handlers = {"discard": _serve_discard, "http": _serve_http}
     for address in addresses.split(","):
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         for name, port in PORTS.items():
             listener = socket.create_server((address, port), family=family, backlog=1024,
                                             reuse_port=False)
+            if name == "echo":
+                threading.Thread(target=_echo_loop, args=(listener,), daemon=True).start()
+                continue
             threading.Thread(target=_accept_loop, args=(listener, handlers[name], root),
                              daemon=True).start()
     stop = threading.Event()

@@ -323,7 +323,10 @@ async def _serve(args, make_callback, open_stack=None, ready=None) -> int:
     callback = make_callback()
     fault = _fault(args)
     async with (open_stack or _open_stack)(args, fault) as stack:
-        server = await stack.start_server(callback, args.port)
+        if isinstance(callback, type) and issubclass(callback, asyncio.BaseProtocol):
+            server = await stack.create_server(callback, args.port)  # a protocol class (echo)
+        else:
+            server = await stack.start_server(callback, args.port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -418,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "connect":
             return _run_async(args, lambda: _connect(args))
         if args.command == "echo":
-            from .apps.services import echo as make
+            from .apps.services import Echo as make
         elif args.command == "discard":
             from .apps.services import discard as make
         else:

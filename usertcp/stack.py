@@ -663,6 +663,14 @@ class Stack:
             return self._recv_leftover(conn_id, max_bytes)
         return conn.recv(max_bytes)
 
+    def recv_chunks(self, conn_id: int) -> list:
+        """All received data as bytes-like pieces (no join): for a reader that copies them."""
+        conn = self._by_id.get(conn_id)
+        if conn is not None:
+            return conn.recv_chunks()
+        buf = self._leftover.pop(conn_id, None)
+        return buf.take_chunks() if buf is not None else []
+
     def _recv_leftover(self, conn_id: int, max_bytes: int) -> bytes:
         buf = self._leftover.get(conn_id)
         if buf is None:

@@ -41,6 +41,8 @@ class StackProcess:
         self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
         popen.setdefault("stdin", subprocess.DEVNULL)
         popen.setdefault("stdout", subprocess.DEVNULL)
+        if "--log-level" not in args:  # the tests read tcp.state events, logged at debug
+            args = [*args, "--log-level", "debug"]
         self.proc = ns.popen(
             [sys.executable, "-m", "usertcp", *args, "--log-format", "json"],
             stderr=self._log,

@@ -10,12 +10,14 @@ earliest deadline of the engine and the device.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import ipaddress
+import logging
 import os
 import secrets
-from typing import Callable
+from collections.abc import Callable
 
 import structlog
 
@@ -24,7 +26,7 @@ from ..tcp import events as ev
 from ..tcp.config import TcpConfig
 from ..tcp.state import State
 from ..wire.errors import DropReason
-from ..wire.ipv4 import addr_to_int, int_to_addr
+from ..wire.ipv4 import int_to_addr
 from .server import Server
 from .transport import TcpTransport
 
@@ -57,6 +59,10 @@ class Stack:
         self.addresses = [int_to_addr(a) for a in self.core.addresses]
         self.config = cfg
         self.log = logger or structlog.get_logger("usertcp").bind(addr=self.address)
+        # A transition is an event for listeners always, a log line only at debug (a line costs
+        # more than the transition); a filtering logger's level is fixed, so nothing is built.
+        enabled = getattr(self.log, "is_enabled_for", None)
+        self._log_states = enabled is None or enabled(logging.DEBUG)
         self.blocked: set[TcpTransport] = set()  # transports with bytes waiting for buffer space
         self._transports: dict[int, TcpTransport] = {}
         self._connecting: dict[int, tuple[asyncio.Future, Callable, tuple[str, int]]] = {}
@@ -265,8 +271,16 @@ class Stack:
     # ------------------------------------------------------------ the loop's callbacks
 
     def _on_readable(self) -> None:
-        self._receive_pending()
-        self._after_input()
+        # What protocols write meanwhile goes out in the flush that ends this pass: no
+        # call_soon, no extra pass of the loop (the echo of a segment carries its ACK).
+        self._flush_scheduled = True
+        try:
+            self._receive_pending()
+            self._after_input()
+        except BaseException:
+            self._flush_scheduled = False
+            self.schedule_flush()
+            raise
 
     def _receive_pending(self) -> None:
         receive = self.core.receive
@@ -296,6 +310,15 @@ class Stack:
         when = self._timer_when
         self._timer = None
         self._timer_when = None
+        self._flush_scheduled = True  # as in _on_readable: this pass ends with a flush
+        try:
+            self._timer_pass(when)
+        except BaseException:
+            self._flush_scheduled = False
+            self.schedule_flush()
+            raise
+
+    def _timer_pass(self, when: float | None) -> None:
         # What the device already holds goes first: an ACK waiting there is no loss, and a
         # probe or retransmission sent before reading it would be spurious.
         self._receive_pending()
@@ -356,6 +379,10 @@ class Stack:
         if when == self._timer_when:
             return
         if self._timer is not None:
+            if when is None or when > self._timer_when:
+                # Later (or none): the earlier timer stays; it finds nothing due and rearms.
+                # A timer handle per connection (each SYN-ACK's RTO) is not worth making.
+                return
             self._timer.cancel()
             self._timer = None
         self._timer_when = when
@@ -374,7 +401,8 @@ class Stack:
                 if transport is not None:
                     transport.pull()
             elif kind is ev.StateChanged:
-                self._log_state(event)
+                if self._log_states:
+                    self._log_state(event)
                 if self._state_listeners:
                     self._notify_state(event)
                 if self._admitted and event.new is State.CLOSED:
@@ -545,7 +573,7 @@ class Stack:
     # ------------------------------------------------------------ logging
 
     def _log_state(self, event: ev.StateChanged) -> None:
-        self.log.info("tcp.state", conn=event.conn_id,
+        self.log.debug("tcp.state", conn=event.conn_id,
                       local=hostport(*event.local), remote=hostport(*event.remote),
                       old=str(event.old), new=str(event.new), cause=event.cause,
                       seq=event.seq, ack=event.ack, at=round(event.time, 6))
@@ -588,10 +616,8 @@ def _refusal_for(exc: BaseException) -> str:
 def _close_quietly(value) -> None:
     close = getattr(value, "close", None)
     if close is not None:
-        try:
+        with contextlib.suppress(Exception):  # cleanup of the application's own object
             close()
-        except Exception:  # noqa: BLE001 (cleanup of the application's own object)
-            pass
 
 
 def _innermost_with(device, attribute: str):

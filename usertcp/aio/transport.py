@@ -36,6 +36,22 @@ def _shared(sockname: tuple) -> tuple:
     return sockname
 
 
+def _copy_into(protocol: asyncio.BufferedProtocol, chunk) -> None:
+    """One received piece through get_buffer()/buffer_updated(), as often as its size needs."""
+    view = memoryview(chunk)
+    size = len(view)
+    done = 0
+    while done < size:
+        # Views released before buffer_updated(): the protocol may then resize its buffer.
+        with memoryview(protocol.get_buffer(size - done)) as given, given.cast("B") as buf:
+            n = min(len(buf), size - done)
+            if not n:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            buf[:n] = view[done:done + n]
+        protocol.buffer_updated(n)
+        done += n
+
+
 class TcpTransport(asyncio.Transport):
     """Writes go into the engine's send buffer; what does not fit waits here.
 
@@ -216,9 +232,15 @@ class TcpTransport(asyncio.Transport):
         """Move received data from the engine to the protocol, then EOF if due."""
         if self._reading_paused or self._lost:
             return
-        data = self._core.recv(self.conn_id)
-        if data:
-            self._protocol.data_received(data)
+        protocol = self._protocol
+        if isinstance(protocol, asyncio.BufferedProtocol):
+            # Straight into the protocol's buffer: the pieces are never joined into bytes.
+            for chunk in self._core.recv_chunks(self.conn_id):
+                _copy_into(protocol, chunk)
+        else:
+            data = self._core.recv(self.conn_id)
+            if data:
+                protocol.data_received(data)
         # recv() drained the engine, so the peer's FIN comes next in the stream.
         if self._peer_eof and not self._eof_delivered:
             self._eof_delivered = True

@@ -22,6 +22,8 @@ from .observer import LiveObserver
 from .recorder import PacketRecorder
 from .text import Style, TextLadder, stream_takes_unicode
 
+# StateChanged causes that are the application's doing, not a packet's.
+APPLICATION_CAUSES = frozenset({"close", "connect"})
 SETTLE_EVERY = 0.25  # seconds between looks for rows whose evidence never came
 OURS = "usertcp"
 THEIRS = "peer"
@@ -65,6 +67,7 @@ class Tracer:
         self._states: dict[tuple, str] = {}  # (ours, theirs) -> usertcp's latest state
         self._traced: dict[tuple, _Traced] = {}
         self._pending: list[tuple[_Traced, Packet, tuple]] = []  # received, state not yet seen
+        self._settled_by_app: set[int] = set()  # pending packets whose state an app call fixed
         self._count = 0
         self.connections_drawn = 0
 
@@ -104,7 +107,20 @@ class Tracer:
 
     def _on_state(self, event) -> None:
         key = (tuple(event.local[:2]), tuple(event.remote[:2]))
-        self._states[key] = str(event.new)
+        new = str(event.new)
+        self._states[key] = new
+        # A received packet's row shows the state it left the engine in, before the
+        # application reacted: one that closes at once (CLOSE-WAIT, then LAST-ACK in the same
+        # pass) shows CLOSE-WAIT on the peer's FIN and LAST-ACK on its own FIN.
+        for traced, packet, pending_key in reversed(self._pending):
+            if pending_key != key or id(packet) in self._settled_by_app:
+                continue
+            if event.cause in APPLICATION_CAUSES:
+                traced.engine_states[id(packet)] = str(event.old)
+                self._settled_by_app.add(id(packet))
+            else:
+                traced.engine_states[id(packet)] = new
+            break
 
     def _on_packet(self, packet: Packet, outbound: bool) -> None:
         self._complete_pending()  # what came in before has been handled by now
@@ -135,8 +151,9 @@ class Tracer:
 
     def _complete_pending(self) -> None:
         pending, self._pending = self._pending, []
+        self._settled_by_app.clear()
         for traced, packet, key in pending:
-            state = self._states.get(key)
+            state = traced.engine_states.get(id(packet)) or self._states.get(key)
             if state is not None:
                 traced.engine_states[id(packet)] = state
             self._emit(traced, traced.observer.feed(packet, arrived=True))

@@ -63,17 +63,25 @@ class Buffers:
         return max(self.cfg.send_buffer - self._queued(), 0)
 
     def recv(self, max_bytes: int) -> bytes:
-        buf = self.rcvbuf
-        data = buf.take(max_bytes)
+        data = self.rcvbuf.take(max_bytes)
+        self._after_read(data)
+        return data
+
+    def recv_chunks(self) -> list:
+        """All received data as pieces (bytes-like), for a reader that copies them itself."""
+        chunks = self.rcvbuf.take_chunks()
+        self._after_read(chunks)
+        return chunks
+
+    def _after_read(self, taken) -> None:
         self.data_event_pending = False
-        if data and self.state in CAN_RECEIVE:
+        if taken and self.state in CAN_RECEIVE:
             # A window update when reading opened the window enough to matter.
             adv = (self.rcv_adv - self.rcv_nxt) & MASK
-            space = self.cfg.receive_buffer - len(buf)
+            space = self.cfg.receive_buffer - len(self.rcvbuf)
             if space - adv >= min(self.cfg.receive_buffer >> 1, 2 * self.mss_own):
                 self.ack_now = True
                 self._mark()
-        return data
 
     def _window_field(self) -> int:
         """The window to advertise, never moving the right edge left.

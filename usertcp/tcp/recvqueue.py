@@ -47,6 +47,17 @@ class RecvQueue:
         else:
             chunks.append(bytearray(data))
 
+    def take_chunks(self) -> list:
+        """All of it, as the pieces it is kept in (views and bytearrays: bytes-like, no join).
+
+        The caller owns them: none stays in the queue."""
+        chunks = self._chunks
+        if chunks is None:
+            return []
+        self._chunks = None
+        self._size = 0
+        return list(chunks)
+
     def take(self, max_bytes: int = -1) -> bytes:
         """Up to `max_bytes` (all, if negative) from the front, as one bytes object."""
         chunks = self._chunks
