@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 import os
 import select
 import signal
@@ -42,7 +41,7 @@ from typing import NoReturn
 import structlog
 
 from .phy import FaultInjector, PcapWriter, TunDevice, configure_host_side
-from .phy.netlink import parse_host_address
+from .phy.netlink import check_stack_addresses
 from .phy.steering import SteeringError, attach
 from .tcp.config import TcpConfig
 
@@ -79,7 +78,7 @@ def serve(spec: WorkerSpec, run_worker: RunWorker) -> int:
     _log_whole_lines()
     log = structlog.get_logger("usertcp").bind(part="workers")
     spec = dataclasses.replace(
-        spec, addresses=check_addresses(spec.addresses, spec.host_addresses, spec.tun))
+        spec, addresses=check_stack_addresses(spec.addresses, spec.host_addresses, spec.tun))
     queues = TunDevice.open_queues(spec.tun, spec.workers, spec.mtu, offload=spec.offload)
     try:
         steering = _steer(queues[0], spec, log)
@@ -107,25 +106,6 @@ def serve(spec: WorkerSpec, run_worker: RunWorker) -> int:
         for queue in queues:
             queue.close()  # each worker holds its own
     return _Supervisor(pids, ready_r, log, spec, steering).run()
-
-
-def check_addresses(addresses: list[str], host_addresses: list[str], tun: str) -> list[str]:
-    """The stack's addresses, each inside the kernel side's network of its family."""
-    networks = {i.version: i for i in map(parse_host_address, host_addresses)}
-    out = []
-    for text in addresses:
-        try:
-            addr = ipaddress.ip_address(text.strip())
-        except ValueError:
-            raise ValueError(f"malformed address {text!r}: expected an IPv4 or IPv6 "
-                             f"address, e.g. 10.7.0.2 or fd00:7::2") from None
-        host = networks.get(addr.version)
-        if host is None or addr not in host.network or addr == host.ip:
-            raise ValueError(f"address {addr} must be inside the kernel side's network of its "
-                             f"family and not its address (host addresses: "
-                             f"{', '.join(host_addresses)}), or {tun} would not carry it")
-        out.append(str(addr))
-    return out
 
 
 def pcap_path(path: str, index: int) -> str:

@@ -640,31 +640,13 @@ class _Opener:
 
     async def _open(self) -> Stack:
         from ..phy import FaultInjector, PcapWriter, TunDevice, configure_host_side
-        from ..phy.netlink import parse_host_address
+        from ..phy.netlink import check_stack_addresses
 
         cls, tun, address, host_address, mtu, config, pcap, fault, offload, routes, wrap = \
             self._args
         addresses = [address] if isinstance(address, str) else list(address)
         host_addresses = [host_address] if isinstance(host_address, str) else list(host_address)
-        hosts = {iface.version: iface for iface in map(parse_host_address, host_addresses)}
-        stack_addresses = []
-        for text in addresses:
-            try:
-                addr = ipaddress.ip_address(text.strip() if isinstance(text, str) else text)
-            except ValueError:
-                raise ValueError(f"malformed address {text!r}: expected an IPv4 or IPv6 "
-                                 f"address, e.g. 10.7.0.2 or fd00:7::2") from None
-            host_iface = hosts.get(addr.version)
-            if host_iface is None:
-                raise ValueError(f"address {addr} has no host address of its family: give a "
-                                 f"--host-address such as "
-                                 f"{'fd00:7::1/64' if addr.version == 6 else '10.7.0.1/24'}")
-            if addr not in host_iface.network:
-                raise ValueError(f"address {addr} is not inside the host side's network "
-                                 f"{host_iface.network}: the kernel would not route it to {tun}")
-            if addr == host_iface.ip:
-                raise ValueError(f"address {addr} is the kernel side's own address")
-            stack_addresses.append(str(addr))
+        stack_addresses = check_stack_addresses(addresses, host_addresses, tun)
         device = TunDevice(tun, mtu, offload=offload)
         try:
             # pyroute2 runs an event loop of its own: keep it off this one.

@@ -48,6 +48,31 @@ def parse_host_address(text: object) -> ipaddress.IPv4Interface | ipaddress.IPv6
     return iface
 
 
+def check_stack_addresses(addresses, host_addresses, tun: str) -> list[str]:
+    """The stack's addresses as text, each checked against the kernel side's address of its
+    family: inside that network (or the kernel would not route it to `tun`), not that address."""
+    hosts = {iface.version: iface for iface in map(parse_host_address, host_addresses)}
+    out = []
+    for text in addresses:
+        try:
+            addr = ipaddress.ip_address(text.strip() if isinstance(text, str) else text)
+        except ValueError:
+            raise ValueError(f"malformed address {text!r}: expected an IPv4 or IPv6 "
+                             f"address, e.g. 10.7.0.2 or fd00:7::2") from None
+        host_iface = hosts.get(addr.version)
+        if host_iface is None:
+            raise ValueError(f"address {addr} has no host address of its family: give a "
+                             f"--host-address such as "
+                             f"{'fd00:7::1/64' if addr.version == 6 else '10.7.0.1/24'}")
+        if addr not in host_iface.network:
+            raise ValueError(f"address {addr} is not inside the host side's network "
+                             f"{host_iface.network}: the kernel would not route it to {tun}")
+        if addr == host_iface.ip:
+            raise ValueError(f"address {addr} is the kernel side's own address")
+        out.append(str(addr))
+    return out
+
+
 def _check_v6(text: str, iface: ipaddress.IPv6Interface) -> ipaddress.IPv6Interface:
     ip, net = iface.ip, iface.network
     if not 1 <= net.prefixlen <= 127:
