@@ -20,9 +20,29 @@ from usertcp.wire.packet import parse_packet
 from usertcp.wire.tcp import Segment, flags_str
 
 __all__ = [
-    "ACK", "FIN", "LOCAL", "OTHER", "our_mss", "OUR_ISS", "PEER_ISS", "PSH", "REMOTE", "RST", "SYN", "IsnControl",
-    "Peer", "S", "drain", "events", "expect", "make_stack", "names", "open_active",
-    "open_passive", "seq_add", "transitions",
+    "ACK",
+    "FIN",
+    "LOCAL",
+    "OTHER",
+    "OUR_ISS",
+    "PEER_ISS",
+    "PSH",
+    "REMOTE",
+    "RST",
+    "SYN",
+    "IsnControl",
+    "Peer",
+    "S",
+    "drain",
+    "events",
+    "expect",
+    "make_stack",
+    "names",
+    "open_active",
+    "open_passive",
+    "our_mss",
+    "seq_add",
+    "transitions",
 ]
 
 LOCAL = "10.0.0.1"
@@ -348,3 +368,16 @@ def open_active(isn: IsnControl, *, stack: Stack | None = None, our_iss: int = O
     expect(stack, now + rtt, S(".", seq=our_iss + 1, ack=peer_iss + 1))
     assert any(isinstance(e, Connected) for e in events(stack))
     return stack, peer, cid
+
+
+def pump(a: Stack, b: Stack, now: float) -> None:
+    """Carry packets between two engines, both ways, until neither has any to send."""
+    for _ in range(50):
+        moved = False
+        for src, dst in ((a, b), (b, a)):
+            for packet in src.packets_to_send(now):
+                dst.receive(packet, now)
+                moved = True
+        if not moved:
+            return
+    raise AssertionError("the two stacks never went quiet")

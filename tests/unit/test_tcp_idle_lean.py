@@ -3,22 +3,12 @@ it is all taken (acknowledged, read), so that 100,000 idle connections stay smal
 
 import sys
 
+from tcp_helpers import pump
+
 from usertcp.stack import Stack
 from usertcp.tcp import TcpConfig
 from usertcp.tcp.reassembly import Reassembly
 from usertcp.tcp.recvqueue import RecvQueue
-
-
-def pump(a: Stack, b: Stack, now: float) -> None:
-    for _ in range(50):
-        moved = False
-        for src, dst in ((a, b), (b, a)):
-            for packet in src.packets_to_send(now):
-                dst.receive(packet, now)
-                moved = True
-        if not moved:
-            return
-    raise AssertionError("the two stacks never went quiet")
 
 
 def established(**config):

@@ -3,6 +3,7 @@
 import sys
 
 import pytest
+from tcp_helpers import pump
 
 from usertcp.stack import Stack
 from usertcp.tcp import State, TcpConfig
@@ -140,18 +141,6 @@ def test_an_entry_costs_under_300_bytes():
 
 
 # ------------------------------------------------------------------ through the engine
-
-def pump(a: Stack, b: Stack, now: float) -> None:
-    for _ in range(20):
-        moved = False
-        for src, dst in ((a, b), (b, a)):
-            for packet in src.packets_to_send(now):
-                dst.receive(packet, now)
-                moved = True
-        if not moved:
-            return
-    raise AssertionError("the two stacks never went quiet")
-
 
 def drain_events(stack: Stack) -> list:
     out = []
