@@ -5,7 +5,7 @@ SYN-SENT is apart (3.10.7.3, `_on_syn_sent`); every other state goes through the
 security (not used: IP security compartments are gone from RFC 9293's IP), fourth SYN,
 fifth ACK, sixth URG (no urgent semantics: RFC 6093 advises against it; the urgent pointer
 is ignored and the data taken as ordinary data), seventh the segment text, eighth FIN.
-Header prediction (`_predicted`) is the fast path in front: in ESTABLISHED, the in-order
+Header prediction (`predicted`) is the fast path in front: in ESTABLISHED, the in-order
 data segment and the pure ACK of new data, each doing exactly what the steps would.
 """
 
@@ -29,12 +29,14 @@ class Arrival:
     __slots__ = ()
 
     def on_segment(self, seg: Segment, now: float) -> None:
+        state = self.state
+        if (state is ESTABLISHED and seg.flags & _PREDICTED == ACK and seg.seq == self.rcv_nxt
+                and seg.sack_blocks is None
+                and self.predicted(seg.seq, seg.ack, seg.window, seg.payload, seg.ts_val,
+                                   seg.ts_ecr, now)):
+            return
         self.segments_in += 1
         self.clock = now
-        state = self.state
-        if (state is ESTABLISHED and seg.flags & _PREDICTED == ACK
-                and seg.seq == self.rcv_nxt and self._predicted(seg, now)):
-            return
         if state is SYN_SENT:
             self._on_syn_sent(seg, now)
             return
@@ -254,49 +256,66 @@ class Arrival:
         if new is not None:
             self._enter(new, "fin", now)
 
-    def _predicted(self, seg: Segment, now: float) -> bool:
+    def predicted(self, seq: int, ack: int, window: int, payload, tsval: int | None,
+                  tsecr: int | None, now: float) -> bool:
         """Header prediction: the two segments a bulk transfer is made of, handled in short.
 
-        In ESTABLISHED, with only ACK (and maybe PSH) set and SEG.SEQ = RCV.NXT, either
-        in-order data that fits the window and acknowledges nothing new, or a pure ACK of
-        new data. Each step below is what on_segment's general path does for exactly that
-        segment; anything else returns False and takes the general path. With timestamps,
-        PAWS and the TS.Recent update are the general path's too: a segment at RCV.NXT is
-        at or after Last.ACK.sent, so it updates TS.Recent exactly when they are equal.
-        SACK blocks (which the wire layer's fast parse never yields) go the general way.
+        The caller has checked: ESTABLISHED, of SYN/FIN/RST/URG/ACK only ACK set, SEG.SEQ =
+        RCV.NXT, no SACK blocks (Stack.receive calls this straight from the header's fields,
+        with no Segment made). Taken here, outside any loss recovery: in-order data that fits
+        the window (acknowledging new data or not), or a pure ACK of new data. Each
+        step is what on_segment's general path does for exactly that segment; anything else
+        returns False having changed nothing, and takes the general path. With timestamps,
+        PAWS and the TS.Recent update are the general path's too: a segment at RCV.NXT is at
+        or after Last.ACK.sent, so it updates TS.Recent exactly when they are equal.
         """
-        if self.ooo_fin is not None or seg.sack_blocks is not None:
+        if self.ooo_fin is not None:
             return False
-        tsval = seg.ts_val
-        if tsval is not None and self.ts_ok:
-            if ((tsval - self.ts_recent) & MASK) >= HALF:
+        if tsval is not None:
+            if not self.ts_ok:
+                tsval = None
+            elif ((tsval - self.ts_recent) & MASK) >= HALF:
                 return False  # PAWS, or a stale TS.Recent: the general path decides
-            if self.last_ack_sent == self.rcv_nxt:
-                self.ts_recent = tsval
-                self.ts_recent_age = now
-        payload = seg.payload
         una = self.snd_una
-        ack = seg.ack
+        acked = (ack - una) & MASK
+        if acked:
+            if acked > ((self.snd_max - una) & MASK):
+                return False
+            board = self.board
+            if board is None:
+                if self.in_recovery:
+                    return False
+            elif (board.sacked_out or board.lost_out or board.retrans_out or self.in_loss
+                  or self.in_recovery or self.tlp.active):
+                return False
+        elif not payload:
+            return False  # a duplicate ACK or a window update: the general path
         if payload:
-            if ack != una or self.ooo.blocks or self.app_closed:
+            if self.ooo.blocks or self.app_closed:
                 return False
             plen = len(payload)
-            rcv_nxt = self.rcv_nxt
-            wnd = (self.rcv_adv - rcv_nxt) & MASK
+            wnd = (self.rcv_adv - seq) & MASK
             if plen > wnd or wnd >= HALF:
                 return False
-            self._update_window(seg)
+            self._took(tsval, now)
+            if acked:  # a request or an answer: data that also acknowledges ours
+                self._on_new_ack(ack, acked, tsecr, None, now)
+            self._update_window(seq, ack, window)
             self._take_in_order(payload, plen, now)
             self._mark()
             return True
-        acked = (ack - una) & MASK
-        if not 0 < acked <= ((self.snd_max - una) & MASK):
-            return False
-        self._on_new_ack(seg, ack, acked, now)
-        self._update_window(seg)
-        if self.ack_now or self.unacked_segments:
-            self._mark()
+        self._took(tsval, now)
+        self._on_new_ack(ack, acked, tsecr, None, now)
+        self._update_window(seq, ack, window)
         return True
+
+    def _took(self, tsval: int | None, now: float) -> None:
+        """What every segment header prediction takes does first."""
+        self.segments_in += 1
+        self.clock = now
+        if tsval is not None and self.last_ack_sent == self.rcv_nxt:
+            self.ts_recent = tsval
+            self.ts_recent_age = now
 
     def _take_in_order(self, payload, plen: int, now: float) -> None:
         """Segment text that starts at RCV.NXT: into the buffer, with what it unblocks."""
@@ -348,7 +367,7 @@ class Arrival:
             self._rtt_ack(seg.ack, now, seg.ts_ecr)
             self.rto_at = None
             self.backoffs = 0
-            self._update_window(seg, force=True)
+            self._update_window(seg.seq, seg.ack, seg.window, force=True)
             self._set_state(ESTABLISHED, "syn-ack", now)
             self.host.emit(ev.Connected(self.id))
             self._xmit(ACK, self.snd_max)
@@ -363,19 +382,19 @@ class Arrival:
             self._send_syn_ack(seg)
 
     def _established_from_syn_received(self, seg: Segment, now: float) -> None:
-        self._update_window(seg, force=True)
+        self._update_window(seg.seq, seg.ack, seg.window, force=True)
         self._set_state(ESTABLISHED, "ack of syn", now)
         if self.listener is not None:
             self.host.accepted(self)
         else:
             self.host.emit(ev.Connected(self.id))
 
-    def _update_window(self, seg: Segment, force: bool = False) -> None:
+    def _update_window(self, seq: int, ack: int, window: int, force: bool = False) -> None:
         # RFC 9293 3.10.7.4: take the window only from a newer segment.
         wl1 = self.snd_wl1
-        if (force or 0 < ((seg.seq - wl1) & MASK) < HALF
-                or (seg.seq == wl1 and ((seg.ack - self.snd_wl2) & MASK) < HALF)):
-            wnd = seg.window << self.snd_wscale
+        if (force or 0 < ((seq - wl1) & MASK) < HALF
+                or (seq == wl1 and ((ack - self.snd_wl2) & MASK) < HALF)):
+            wnd = window << self.snd_wscale
             if wnd != self.snd_wnd:
                 if self.snd_wnd == 0 and wnd:
                     self.persist_at = None
@@ -384,8 +403,8 @@ class Arrival:
             self.snd_wnd = wnd
             if wnd > self.max_snd_wnd:
                 self.max_snd_wnd = wnd
-            self.snd_wl1 = seg.seq
-            self.snd_wl2 = seg.ack
+            self.snd_wl1 = seq
+            self.snd_wl2 = ack
 
     def _on_ack(self, seg: Segment, now: float) -> bool:
         """Process SEG.ACK; False when the segment must be dropped."""
@@ -405,21 +424,22 @@ class Arrival:
                 return False
             return True
         if acked:
-            self._on_new_ack(seg, ack, acked, now)
+            self._on_new_ack(ack, acked, seg.ts_ecr, seg.sack_blocks, now)
         elif self.board is not None:
             if in_flight and not seg.payload and not seg.flags & FIN:
                 self.dupacks += 1
                 self.host.count("dup_acks")
             if seg.sack_blocks is not None:
-                self._sack_on_ack(seg, 0, None, now)
+                self._sack_on_ack(seg.sack_blocks, seg.ts_ecr, 0, None, now)
                 self._mark()  # what is SACKed left the network: room for more (pipe)
         elif in_flight and not seg.payload and not seg.flags & FIN and (
                 (seg.window << self.snd_wscale) == self.snd_wnd):
             self._on_dup_ack(now)
-        self._update_window(seg)
+        self._update_window(seg.seq, ack, seg.window)
         return True
 
-    def _on_new_ack(self, seg: Segment, ack: int, acked: int, now: float) -> None:
+    def _on_new_ack(self, ack: int, acked: int, tsecr: int | None, sack_blocks,
+                    now: float) -> None:
         if self.snd_una == self.iss:  # the ACK of our SYN: that byte is no data for cwnd
             acked -= 1
         # Data bytes acknowledged: the SYN and FIN occupy sequence space, not the buffer.
@@ -427,7 +447,7 @@ class Arrival:
         self.snd_una = ack
         if ((self.snd_nxt - ack) & MASK) >= HALF:  # after an RTO rewind, the ACK overtook SND.NXT
             self.snd_nxt = ack
-        rtt = self._rtt_ack(ack, now, seg.ts_ecr)
+        rtt = self._rtt_ack(ack, now, tsecr)
         if self.backoffs:
             self.backoffs = 0
             self.rtt.reset_backoff()
@@ -437,7 +457,7 @@ class Arrival:
         else:
             self.rto_at = now + self.rtt.rto
         if self.board is not None:  # SACK: RACK-TLP, PRR, undo (recovery.py)
-            self._sack_on_ack(seg, acked, rtt, now)
+            self._sack_on_ack(sack_blocks, tsecr, acked, rtt, now)
         elif self.in_recovery:  # NewReno (RFC 6582)
             mss = self.snd_mss
             if ((ack - self.recover) & MASK) < HALF:  # full ACK: leave recovery

@@ -32,10 +32,11 @@ class Recovery:
 
     # ------------------------------------------------------------ every ACK
 
-    def _sack_on_ack(self, seg, acked: int, rtt: float | None, now: float) -> None:
+    def _sack_on_ack(self, sack_blocks, tsecr: int | None, acked: int, rtt: float | None,
+                     now: float) -> None:
         """An ACK on a SACK connection: scoreboard, RACK, TLP, then the congestion state."""
         board = self.board
-        if (seg.sack_blocks is None and not (board.sacked_out or board.lost_out
+        if (sack_blocks is None and not (board.sacked_out or board.lost_out
                                              or board.retrans_out or self.in_loss
                                              or self.in_recovery or self.tlp.active)):
             # The fast path of a bulk transfer without loss: in order, the segment delivered
@@ -48,13 +49,14 @@ class Recovery:
                 self.cc.on_ack(self, acked, rtt, now)
             self._arm_tlp(now)
             return
-        res = board.on_ack(self.snd_una, seg.sack_blocks, now)
+        res = board.on_ack(self.snd_una, sack_blocks, now)
         rack = self.rack
         if self.rack_seg is not None:
             self._rack_catch_up()
         delivered = res.delivered
         if delivered:
-            tsecr = seg.ts_ecr if self.ts_ok else None
+            if not self.ts_ok:
+                tsecr = None
             offset = self.ts_offset
             orig = False
             for s in delivered:
@@ -86,13 +88,13 @@ class Recovery:
             self._rack_detect(now)
         if self.in_recovery:
             if ((self.snd_una - self.recover) & MASK) < HALF:
-                self._end_recovery(seg, now)
+                self._end_recovery(tsecr, now)
             else:
                 self._prr(acked + res.sacked)
         elif self.in_loss:
             if ((self.snd_una - self.recover) & MASK) < HALF:
                 self.in_loss = False
-                if self._may_undo(seg):
+                if self._may_undo(tsecr):
                     self._undo(now, "eifel")
             if acked:
                 self.cc.on_ack(self, acked, rtt, now)  # slow start back up (RFC 5681 3.1)
@@ -158,10 +160,10 @@ class Recovery:
             sndcnt = mss  # the fast retransmit itself goes at once
         self.cwnd = pipe + sndcnt
 
-    def _end_recovery(self, seg, now: float) -> None:
+    def _end_recovery(self, tsecr: int | None, now: float) -> None:
         self.in_recovery = False
         self.rack.on_recovery_end()
-        if self._may_undo(seg):
+        if self._may_undo(tsecr):
             self._undo(now, "eifel")
         else:
             self.cc.on_recovery_end(self, now)
@@ -173,7 +175,7 @@ class Recovery:
         self.undo_retrans = 0
         self.undo_tsval = None
 
-    def _may_undo(self, seg) -> bool:
+    def _may_undo(self, tsecr: int | None) -> bool:
         """Every retransmission of the episode D-SACKed, or (Eifel, RFC 3522) the ACK
         echoes a TSval from before the first of them: the originals arrived."""
         if self.undo_marker is None or not self.undo_retrans and self.undo_tsval is None:
@@ -181,7 +183,6 @@ class Recovery:
         if self.undo_retrans <= 0:
             return True
         tsv = self.undo_tsval
-        tsecr = seg.ts_ecr
         return (tsv is not None and tsecr is not None and self.ts_ok
                 and 0 < ((tsv - tsecr) & MASK) < HALF)
 
