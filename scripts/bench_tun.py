@@ -44,6 +44,11 @@ is written to DIR and summarised after the table; profiled figures are slower th
 The same file is the client and the kernel-side server that run inside the namespaces (`_client ...`,
 `_server ...`); those use only the standard library and print one line of JSON.
 
+--client c|python|auto (default auto: c when `cc` compiles it): the cps and rtt clients are
+scripts/bench_client.c, built once per run into the run's temp dir, so that Python's cost per
+connection and per round trip does not bound those figures; upload and download always use the
+Python client. Both columns use the same client; it is named in the table and in `config.client`.
+
 --json: `results` and `figures` hold the columns `usertcp` and `kernel` for IPv4 (as before IPv6)
 and `usertcp_v6` and `kernel_v6` for IPv6; `floors_met` is usertcp over IPv4, `floors_met_v6` over
 IPv6; `ratio_v6_v4` holds IPv6/IPv4 per figure and implementation, and `v6_within_tolerance`
@@ -92,6 +97,9 @@ V6_TOLERANCE = 0.10  # the aim: IPv6 within 10 % of IPv4 on every figure
 STOP_TIMEOUT = 5.0
 READY_TIMEOUT = 15.0
 CLIENT_GRACE = 30.0  # beyond a client's own time bound before it is killed
+C_CLIENT_SRC = os.path.join(HERE, "bench_client.c")
+C_CLIENT_ROLES = ("cps", "rtt")  # the roles bench_client.c does; the rest stay in Python
+COMPILE_TIMEOUT = 60.0
 
 
 # =========================================================================================
@@ -414,6 +422,7 @@ class Runner:
         self.tmp = tempfile.mkdtemp(prefix="bench-tun-")
         self.file_dir = os.path.join(self.tmp, "www")
         os.mkdir(self.file_dir)
+        self.c_client: str | None = None  # the built bench_client, when cps/rtt use it
 
     # -- processes -------------------------------------------------------------------------
 
@@ -454,9 +463,41 @@ class Runner:
             raise BenchError(f"{shlex.join(argv)}: exit {proc.returncode}: {err.strip()}")
         return proc.returncode, out, err
 
+    def build_c_client(self) -> str:
+        """Compile bench_client.c into the run's temp dir (the namespaces see the same files);
+        its path, or BenchError saying why not."""
+        cc = shutil.which("cc")
+        if cc is None:
+            raise BenchError("no C compiler `cc` on PATH")
+        binary = os.path.join(self.tmp, "bench_client")
+        code, _, err = self.run([cc, "-std=c99", "-O2", "-Wall", "-Wextra", "-o", binary,
+                                 C_CLIENT_SRC], timeout=COMPILE_TIMEOUT, check=False)
+        if code != 0 or not os.access(binary, os.X_OK):
+            raise BenchError(f"cc {C_CLIENT_SRC} failed: {err.strip()[-500:]}")
+        return binary
+
+    def choose_client(self, wanted: str) -> str:
+        """'c' or 'python' for the cps/rtt client, as --client asks; 'auto' falls back to
+        Python when the C client does not build."""
+        if wanted == "python":
+            log("cps/rtt client: python (--client python)")
+            return "python"
+        try:
+            self.c_client = self.build_c_client()
+        except BenchError as exc:
+            if wanted == "c":
+                raise
+            log(f"cps/rtt client: python ({exc})")
+            return "python"
+        log(f"cps/rtt client: c ({self.c_client})")
+        return "c"
+
     def client(self, ns: str, role: str, *args: object, timeout: float) -> dict:
         """Run one client role inside `ns`; its JSON result (or {'error': ...})."""
-        argv = [sys.executable, os.path.abspath(__file__), "_client", role, *map(str, args)]
+        if self.c_client and role in C_CLIENT_ROLES:
+            argv = [self.c_client, role, *map(str, args)]
+        else:
+            argv = [sys.executable, os.path.abspath(__file__), "_client", role, *map(str, args)]
         try:
             _, out, err = self.run(argv, ns, timeout=timeout + CLIENT_GRACE, check=False)
         except BenchError as exc:
@@ -808,7 +849,7 @@ def render(report: dict) -> str:
     lines.append(f"MTU {cfg['mtu']}, {cfg['size_mb']} MB per transfer (1 MB = 10^6 bytes), "
                  f"median of {cfg['repeat']} runs each, "
                  f"cps over <= {cfg['connections']} connections / {cfg['cps_seconds']} s, "
-                 f"{cfg['round_trips']} round trips"
+                 f"{cfg['round_trips']} round trips, cps/rtt client {cfg.get('client', 'python')}"
                  + (", IPv4 and IPv6 alternating within each round" if both else "")
                  + (f", usertcp extra args: {cfg['extra_args']}" if cfg["extra_args"] else ""))
     if both:
@@ -879,6 +920,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile", metavar="DIR", help="profile each usertcp service into DIR")
     p.add_argument("--profiler", choices=("cprofile", "pyinstrument"), default="cprofile")
     p.add_argument("--profile-top", type=int, default=25, help="rows per profile summary")
+    p.add_argument("--client", choices=("auto", "c", "python"), default="auto",
+                   help="the cps/rtt client: scripts/bench_client.c or Python (default auto: c "
+                        "when `cc` builds it)")
     args = p.parse_args(argv)
     if args.size_mb <= 0 or args.seconds <= 0 or args.connections <= 0 or args.round_trips <= 0 \
             or args.repeat <= 0:
@@ -926,6 +970,11 @@ def main(argv: list[str]) -> int:
     runner = Runner(args)
     code = 0
     try:
+        try:
+            report["config"]["client"] = runner.choose_client(args.client)
+        except BenchError as exc:
+            print(f"bench_tun: --client c: {exc}", file=sys.stderr)
+            return 2  # the finally below still cleans up
         runner.make_file()
         for impl in IMPLS:
             if args.only and args.only != impl:

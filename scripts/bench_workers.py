@@ -23,7 +23,9 @@ Run as root, with the project's interpreter:
     .venv/bin/python scripts/bench_workers.py --rounds 1 --seconds 2 --json
     .venv/bin/python scripts/bench_workers.py --loops asyncio    # without uvloop
 
-The clients are this file too (`_cps ...`, `_upload ...`), standard library only, one JSON line.
+The clients are this file too (`_cps ...`, `_upload ...`), standard library only, one JSON line;
+the conn/s one is scripts/bench_client.c (`conc` mode, same JSON) where `cc` builds it, so that
+the client leaves the cores to the stack (--client auto|c|python; the report says which).
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ import errno
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -49,6 +53,8 @@ PORTS = {"echo": 7, "discard": 9}
 MB = 1_000_000
 READY_TIMEOUT = 20.0
 AIM_CPS_RATIO = 1.6
+C_CLIENT_SRC = os.path.join(HERE, "bench_client.c")
+COMPILE_TIMEOUT = 60.0
 
 
 # =========================================================================================
@@ -178,6 +184,16 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
+def _machine_cpu() -> tuple[float, float]:
+    """CPU seconds the whole machine spent busy, and of those in softirq (Linux /proc/stat):
+    what the kernel's own TCP and the TUN cost shows here and in no process."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / tick, softirq / tick
+
+
 @contextlib.contextmanager
 def _service(service: str, workers: int, loop: str):
     """A fresh namespace with `usertcp SERVICE --workers N --loop L` serving in it."""
@@ -203,25 +219,72 @@ def _service(service: str, workers: int, loop: str):
             os.unlink(log.name)
 
 
+def build_c_client(tmp: str) -> str:
+    """Compile bench_client.c into `tmp` (the namespaces see the same files); its path, or
+    RuntimeError saying why not."""
+    cc = shutil.which("cc")
+    if cc is None:
+        raise RuntimeError("no C compiler `cc` on PATH")
+    binary = os.path.join(tmp, "bench_client")
+    try:
+        res = subprocess.run([cc, "-std=c99", "-O2", "-Wall", "-Wextra", "-o", binary,
+                              C_CLIENT_SRC], capture_output=True, text=True,
+                             timeout=COMPILE_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"cc {C_CLIENT_SRC}: {exc}") from None
+    if res.returncode != 0 or not os.access(binary, os.X_OK):
+        raise RuntimeError(f"cc {C_CLIENT_SRC} failed: {res.stderr.strip()[-500:]}")
+    return binary
+
+
+def choose_client(args, tmp: str) -> None:
+    """Set args.client to 'c' (with args.c_client, the binary) or 'python', as --client asks;
+    'auto' falls back to Python when the C client does not build. One line on stderr says which."""
+    args.c_client = None
+    if args.client == "python":
+        print("conn/s client: python (--client python)", file=sys.stderr, flush=True)
+        return
+    try:
+        args.c_client = build_c_client(tmp)
+    except RuntimeError as exc:
+        if args.client == "c":
+            raise
+        args.client = "python"
+        print(f"conn/s client: python ({exc})", file=sys.stderr, flush=True)
+        return
+    args.client = "c"
+    print(f"conn/s client: c ({C_CLIENT_SRC})", file=sys.stderr, flush=True)
+
+
 def measure_cps(workers: int, loop: str, args) -> dict:
     with _service("echo", workers, loop) as (ns, pid):
         start_at = time.time() + 1.0  # the client processes need a moment to start
-        cmd = [_python(), os.path.abspath(__file__), "_cps", STACK, PORTS["echo"], args.seconds,
-               args.concurrency, start_at]
+        if args.client == "c":
+            cmd = [args.c_client, "conc"]
+        else:
+            cmd = [_python(), os.path.abspath(__file__), "_cps"]
+        cmd += [STACK, PORTS["echo"], args.seconds, args.concurrency, start_at]
         procs = [ns.popen(list(map(str, cmd)), stdout=subprocess.PIPE, text=True)
                  for _ in range(args.procs)]
         time.sleep(max(0.0, start_at - time.time()))
         cpu0 = _tree_cpu(pid)
+        busy0, soft0 = _machine_cpu()
         results = []
         for proc in procs:
             out, _ = proc.communicate(timeout=args.seconds + 30)
-            results.append(json.loads(out))
+            result = json.loads(out) if out.strip() else {}
+            if proc.returncode != 0 or "connections" not in result:
+                raise RuntimeError(f"conn/s client ({args.client}) failed: "
+                                   f"{result.get('error', f'exit {proc.returncode}')}")
+            results.append(result)
         usertcp_cpu = _tree_cpu(pid) - cpu0
+        busy1, soft1 = _machine_cpu()
     done = sum(r["connections"] for r in results)
     return {"cps": done / args.seconds, "connections": done,
             "errors": sum(r["errors"] for r in results),
             # how busy the stack and the clients kept the cores (of seconds * cores)
-            "usertcp_cpu_s": usertcp_cpu, "client_cpu_s": sum(r["cpu_s"] for r in results)}
+            "usertcp_cpu_s": usertcp_cpu, "client_cpu_s": sum(r["cpu_s"] for r in results),
+            "machine_busy_s": busy1 - busy0, "softirq_s": soft1 - soft0}
 
 
 def measure_upload(workers: int, loop: str, args) -> dict:
@@ -252,6 +315,9 @@ def run(args) -> dict:
                                                    for rd in rounds),
             "cps_client_cpu_s": statistics.median(rd[key]["cps"]["client_cpu_s"]
                                                   for rd in rounds),
+            "cps_machine_busy_s": statistics.median(rd[key]["cps"]["machine_busy_s"]
+                                                    for rd in rounds),
+            "cps_softirq_s": statistics.median(rd[key]["cps"]["softirq_s"] for rd in rounds),
             "upload_mbps": statistics.median(rd[key]["upload"]["mbps"] for rd in rounds),
             "errors": sum(rd[key]["cps"]["errors"] + rd[key]["upload"]["errors"]
                           for rd in rounds)}
@@ -267,7 +333,7 @@ def run(args) -> dict:
                                               "upload_mbps": u["upload_mbps"] / a["upload_mbps"]}
     return {"config": {"rounds": args.rounds, "seconds": args.seconds, "procs": args.procs,
                        "concurrency": args.concurrency, "streams": args.streams,
-                       "loops": args.loops, "cores": os.cpu_count()},
+                       "loops": args.loops, "cores": os.cpu_count(), "client": args.client},
             "medians": medians, "ratios": ratios, "rounds": rounds,
             "aim_met": {loop: ratios[f"2w/1w {loop}"]["cps"] >= AIM_CPS_RATIO
                         for loop in args.loops}}
@@ -276,19 +342,24 @@ def run(args) -> dict:
 def render(report: dict) -> str:
     seconds = report["config"]["seconds"]
     # cores: CPU seconds per second during conn/s; per CPU-s: conn/s over usertcp's cores
+    # machine: all cores busy (of `cores`), softirq among it: the kernel's TCP and the TUN
     lines = [(f"{'configuration':<14} {'conn/s':>7} {'MB/s':>7} {'errors':>6}  "
-             f"{'usertcp cores':>13} {'client cores':>12} {'conn per usertcp CPU-s':>22}")]
+             f"{'usertcp cores':>13} {'client cores':>12} {'machine busy':>12} "
+             f"{'softirq':>7} {'conn per usertcp CPU-s':>22}")]
     for key, m in report["medians"].items():
         cores = m["cps_usertcp_cpu_s"] / seconds
         lines.append(f"{key:<14} {m['cps']:>7.0f} {m['upload_mbps']:>7.1f} {m['errors']:>6}  "
                      f"{cores:>13.2f} {m['cps_client_cpu_s'] / seconds:>12.2f} "
+                     f"{m['cps_machine_busy_s'] / seconds:>12.2f} "
+                     f"{m['cps_softirq_s'] / seconds:>7.2f} "
                      f"{m['cps'] / max(cores, 1e-9):>22.0f}")
     lines.append("")
     for key, r in report["ratios"].items():
         lines.append(f"{key:<20} conn/s x{r['cps']:.2f}   MB/s x{r['upload_mbps']:.2f}")
     c = report["config"]
     lines.append(f"\nmedian of {c['rounds']} rounds, {c['seconds']} s each; {c['procs']} client "
-                 f"processes x {c['concurrency']} connections, {c['streams']} upload streams; "
+                 f"processes ({c['client']}) x {c['concurrency']} connections, "
+                 f"{c['streams']} upload streams; "
                  f"{c['cores']} cores; aim 2w/1w conn/s >= {AIM_CPS_RATIO}: "
                  + ", ".join(f"{k} {'met' if v else 'not met'}"
                              for k, v in report["aim_met"].items()))
@@ -305,6 +376,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, default=16, help="upload connections at once")
     parser.add_argument("--loops", default=None,
                         help="comma-separated: asyncio,uvloop (default: uvloop where installed)")
+    parser.add_argument("--client", choices=("auto", "c", "python"), default="auto",
+                        help="the conn/s client: scripts/bench_client.c or Python "
+                             "(default auto: c where `cc` builds it)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     if args.loops is None:
@@ -333,11 +407,18 @@ def main(argv: list[str]) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
+    tmp = tempfile.mkdtemp(prefix="bench-workers-")  # the C client's build, for this run only
     try:
+        choose_client(args, tmp)
         report = run(args)
     except KeyboardInterrupt:
         print("bench_workers: interrupted; namespaces removed", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        print(f"bench_workers: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 

@@ -19,6 +19,10 @@ class State(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    # Members are singletons compared by identity: hash them so too, in C. Enum's own hashes
+    # the name in Python, and the transition tables are looked up by state on every change.
+    __hash__ = object.__hash__
+
 
 # The states as plain module names, for the engine's `state is X` tests (a global lookup, not
 # an attribute lookup on the Enum, on the per-segment path).
