@@ -44,21 +44,22 @@ def predictable(packet, verify_checksum: bool = True):
     made (addresses as parse_packet gives them).
     """
     n = len(packet)
-    if n >= 40 and packet[0] == 0x45:
+    # The flags byte first: a handshake or a close is declined before any unpacking.
+    if n >= 40 and packet[0] == 0x45 and packet[33] & _PREDICTED == ACK:
         (_vihl, tos, total, ident, frag, ttl, proto, csum, src, dst, sport, dport, seq, ack, doff,
-         flags, window, _tcsum, _urgent) = _unpack_packet(packet)
-        if (flags & _PREDICTED != ACK or proto != 6 or frag & 0x3FFF or total > n
+         _flags, window, _tcsum, _urgent) = _unpack_packet(packet)
+        if (proto != 6 or frag & 0x3FFF or total > n
                 or (0x4500 + tos + total + ident + frag + (ttl << 8) + 6 + csum + (src >> 16)
                     + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)) % 0xFFFF):
             return None
         ip_len = 20
         tcp_len = total - 20
         pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
-    elif n >= 60 and packet[0] >> 4 == 6 and packet[6] == 6:
-        (_word, tcp_len, _nh, _hop, s_hi, s_lo, d_hi, d_lo, sport, dport, seq, ack, doff, flags,
+    elif n >= 60 and packet[0] >> 4 == 6 and packet[6] == 6 and packet[53] & _PREDICTED == ACK:
+        (_word, tcp_len, _nh, _hop, s_hi, s_lo, d_hi, d_lo, sport, dport, seq, ack, doff, _flags,
          window, _tcsum, _urgent) = _unpack_packet6(packet)
         total = 40 + tcp_len
-        if flags & _PREDICTED != ACK or total > n:
+        if total > n:
             return None
         ip_len = 40
         src = (s_hi << 64) | s_lo
