@@ -38,6 +38,10 @@ Each measurement runs --repeat times (default 3) against the same server and the
 runs are in --json); a run with defaults takes about 15-20 s per family. Figures are sensitive to
 other load on the machine: both columns share its cores with the client.
 
+With --pin same|split the servers of both columns and the clients run on one core, or on a core
+each (taskset): on a VM, waking a process on the other core can cost more than the round trip's work,
+and the scheduler's choice makes unpinned round trips vary from run to run.
+
 With --profile DIR each usertcp service runs under cProfile (or pyinstrument: --profiler) and its profile
 is written to DIR and summarised after the table; profiled figures are slower than unprofiled ones.
 
@@ -424,6 +428,15 @@ class Runner:
         os.mkdir(self.file_dir)
         self.c_client: str | None = None  # the built bench_client, when cps/rtt use it
 
+    def pinned(self, argv: list[str], side: str) -> list[str]:
+        """`argv` under taskset as --pin asks: the server ("server") and the client ("client")
+        of both columns on one core (same), on two (split), or where the scheduler likes."""
+        pin = self.args.pin
+        if pin == "none":
+            return argv
+        cpu = "0" if pin == "same" or side == "server" else "1"
+        return ["taskset", "-c", cpu, *argv]
+
     # -- processes -------------------------------------------------------------------------
 
     def popen(self, argv: list[str], ns: str | None = None, **kw) -> subprocess.Popen:
@@ -498,6 +511,7 @@ class Runner:
             argv = [self.c_client, role, *map(str, args)]
         else:
             argv = [sys.executable, os.path.abspath(__file__), "_client", role, *map(str, args)]
+        argv = self.pinned(argv, "client")
         try:
             _, out, err = self.run(argv, ns, timeout=timeout + CLIENT_GRACE, check=False)
         except BenchError as exc:
@@ -657,7 +671,8 @@ class Runner:
             argv += shlex.split(a.extra_args)
             self._server_log = os.path.join(self.tmp, f"usertcp-{service}.log")
             with open(self._server_log, "wb") as logf:
-                server = self.popen(argv, ns, stdout=logf, stderr=logf, cwd=REPO)
+                server = self.popen(self.pinned(argv, "server"), ns, stdout=logf, stderr=logf,
+                                    cwd=REPO)
             try:
                 for fam, host in hosts.items():
                     self.wait_ready(ns, host, port, server, f"usertcp {service} (IPv{fam})")
@@ -698,9 +713,9 @@ class Runner:
         hosts = {fam: nets[fam][0] for fam in a.families}
         self._server_log = os.path.join(self.tmp, "kernel-server.log")
         with open(self._server_log, "wb") as logf:
-            server = self.popen([sys.executable, os.path.abspath(__file__), "_server",
-                                 ",".join(hosts.values()), self.file_dir], srv,
-                                stdout=logf, stderr=logf)
+            server = self.popen(self.pinned([sys.executable, os.path.abspath(__file__), "_server",
+                                             ",".join(hosts.values()), self.file_dir], "server"),
+                                srv, stdout=logf, stderr=logf)
         results: dict[int, dict] = {fam: {} for fam in a.families}
         try:
             for fam, host in hosts.items():
@@ -850,6 +865,8 @@ def render(report: dict) -> str:
                  f"median of {cfg['repeat']} runs each, "
                  f"cps over <= {cfg['connections']} connections / {cfg['cps_seconds']} s, "
                  f"{cfg['round_trips']} round trips, cps/rtt client {cfg.get('client', 'python')}"
+                 + {"same": ", server and client pinned to one core",
+                    "split": ", server and client pinned to a core each"}.get(cfg.get("pin"), "")
                  + (", IPv4 and IPv6 alternating within each round" if both else "")
                  + (f", usertcp extra args: {cfg['extra_args']}" if cfg["extra_args"] else ""))
     if both:
@@ -923,7 +940,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--client", choices=("auto", "c", "python"), default="auto",
                    help="the cps/rtt client: scripts/bench_client.c or Python (default auto: c "
                         "when `cc` builds it)")
+    p.add_argument("--pin", choices=("none", "same", "split"), default="none",
+                   help="servers (usertcp's and the kernel's) and clients on one core (same), on "
+                        "cores 0 and 1 (split), or unpinned (default). In a VM a wake-up across "
+                        "cores can cost more than the work: compare the round trips both ways")
     args = p.parse_args(argv)
+    if args.pin == "split" and (os.cpu_count() or 1) < 2:
+        p.error("--pin split needs two cores")
     if args.size_mb <= 0 or args.seconds <= 0 or args.connections <= 0 or args.round_trips <= 0 \
             or args.repeat <= 0:
         p.error("sizes, counts and time bounds must be positive")
@@ -961,7 +984,7 @@ def main(argv: list[str]) -> int:
         "config": {k: getattr(args, k) for k in ("size_mb", "repeat", "seconds", "connections",
                                                   "cps_seconds", "round_trips", "mtu",
                                                   "log_level", "extra_args", "profile",
-                                                  "profiler", "families")},
+                                                  "profiler", "families", "pin")},
         "floors": {k: {"op": op, "value": v} for k, (op, v) in FLOORS.items()},
         "results": {},
         "errors": [],
