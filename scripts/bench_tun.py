@@ -42,6 +42,9 @@ With --pin same|split the servers of both columns and the clients run on one cor
 each (taskset): on a VM, waking a process on the other core can cost more than the round trip's work,
 and the scheduler's choice makes unpinned round trips vary from run to run.
 
+With --busy-poll USEC usertcp runs with `--busy-poll USEC` and the kernel column's echo server polls
+as long after each event before it sleeps: both columns spin alike.
+
 With --profile DIR each usertcp service runs under cProfile (or pyinstrument: --profiler) and its profile
 is written to DIR and summarised after the table; profiled figures are slower than unprofiled ones.
 
@@ -333,10 +336,13 @@ def _accept_loop(listener: socket.socket, handler, root: str) -> None:
         threading.Thread(target=_handle, args=(handler, conn, root), daemon=True).start()
 
 
-def _echo_loop(listener: socket.socket) -> None:
+def _echo_loop(listener: socket.socket, spin: float = 0.0) -> None:
     """The echo service in one thread on a selector: a connection costs no thread start, so the
-    kernel's connections per second are the kernel's, not Python's threading."""
+    kernel's connections per second are the kernel's, not Python's threading. With `spin`
+    (seconds; --busy-poll) it polls on that long after the last event before it sleeps, as
+    usertcp's --busy-poll does, yielding the core at each empty poll."""
     sel = selectors.DefaultSelector()
+    last = 0.0
     listener.setblocking(False)
     sel.register(listener, selectors.EVENT_READ)
     unsent: dict[socket.socket, bytes] = {}
@@ -347,7 +353,16 @@ def _echo_loop(listener: socket.socket) -> None:
         conn.close()
 
     while True:
-        for key, events in sel.select():
+        ready = sel.select(0) if spin else None
+        if ready:
+            last = time.perf_counter()
+        elif spin and time.perf_counter() - last < spin:
+            os.sched_yield()
+            continue
+        else:
+            ready = sel.select()
+            last = time.perf_counter()
+        for key, events in ready:
             sock = key.fileobj
             if sock is listener:
                 with contextlib.suppress(BlockingIOError):
@@ -379,9 +394,10 @@ def _echo_loop(listener: socket.socket) -> None:
 
 
 def server_main(argv: list[str]) -> int:
-    """`_server ADDRESS[,ADDRESS...] ROOT`: serve discard, http and echo on each address (IPv4 or
-    IPv6) until SIGTERM/SIGINT."""
-    addresses, root = argv
+    """`_server ADDRESS[,ADDRESS...] ROOT [SPIN_US]`: serve discard, http and echo on each address
+    (IPv4 or IPv6) until SIGTERM/SIGINT; the echo busy-polls SPIN_US after each event."""
+    addresses, root, *rest = argv
+    spin = float(rest[0]) / 1e6 if rest else 0.0
     handlers = {"discard": _serve_discard, "http": _serve_http}
     for address in addresses.split(","):
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -389,7 +405,7 @@ def server_main(argv: list[str]) -> int:
             listener = socket.create_server((address, port), family=family, backlog=1024,
                                             reuse_port=False)
             if name == "echo":
-                threading.Thread(target=_echo_loop, args=(listener,), daemon=True).start()
+                threading.Thread(target=_echo_loop, args=(listener, spin), daemon=True).start()
                 continue
             threading.Thread(target=_accept_loop, args=(listener, handlers[name], root),
                              daemon=True).start()
@@ -668,6 +684,8 @@ class Runner:
             argv += ["--mtu", str(a.mtu), "--log-level", a.log_level, "--port", str(port)]
             if service == "http":
                 argv += ["--root", self.file_dir]
+            if a.busy_poll:
+                argv += ["--busy-poll", str(a.busy_poll)]
             argv += shlex.split(a.extra_args)
             self._server_log = os.path.join(self.tmp, f"usertcp-{service}.log")
             with open(self._server_log, "wb") as logf:
@@ -714,7 +732,8 @@ class Runner:
         self._server_log = os.path.join(self.tmp, "kernel-server.log")
         with open(self._server_log, "wb") as logf:
             server = self.popen(self.pinned([sys.executable, os.path.abspath(__file__), "_server",
-                                             ",".join(hosts.values()), self.file_dir], "server"),
+                                             ",".join(hosts.values()), self.file_dir,
+                                             str(a.busy_poll)], "server"),
                                 srv, stdout=logf, stderr=logf)
         results: dict[int, dict] = {fam: {} for fam in a.families}
         try:
@@ -865,6 +884,8 @@ def render(report: dict) -> str:
                  f"median of {cfg['repeat']} runs each, "
                  f"cps over <= {cfg['connections']} connections / {cfg['cps_seconds']} s, "
                  f"{cfg['round_trips']} round trips, cps/rtt client {cfg.get('client', 'python')}"
+                 + (f", both servers busy-poll {cfg['busy_poll']:g} us" if cfg.get("busy_poll")
+                    else "")
                  + {"same": ", server and client pinned to one core",
                     "split": ", server and client pinned to a core each"}.get(cfg.get("pin"), "")
                  + (", IPv4 and IPv6 alternating within each round" if both else "")
@@ -940,6 +961,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--client", choices=("auto", "c", "python"), default="auto",
                    help="the cps/rtt client: scripts/bench_client.c or Python (default auto: c "
                         "when `cc` builds it)")
+    p.add_argument("--busy-poll", type=float, default=0.0, metavar="USEC",
+                   help="usertcp's --busy-poll USEC, and the kernel column's echo server polls "
+                        "as long after each event before it sleeps (default 0: off)")
     p.add_argument("--pin", choices=("none", "same", "split"), default="none",
                    help="servers (usertcp's and the kernel's) and clients on one core (same), on "
                         "cores 0 and 1 (split), or unpinned (default). In a VM a wake-up across "
@@ -984,7 +1008,7 @@ def main(argv: list[str]) -> int:
         "config": {k: getattr(args, k) for k in ("size_mb", "repeat", "seconds", "connections",
                                                   "cps_seconds", "round_trips", "mtu",
                                                   "log_level", "extra_args", "profile",
-                                                  "profiler", "families", "pin")},
+                                                  "profiler", "families", "pin", "busy_poll")},
         "floors": {k: {"op": op, "value": v} for k, (op, v) in FLOORS.items()},
         "results": {},
         "errors": [],
