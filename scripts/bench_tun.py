@@ -447,7 +447,7 @@ class Runner:
     def pinned(self, argv: list[str], side: str) -> list[str]:
         """`argv` under taskset as --pin asks: the server ("server") and the client ("client")
         of both columns on one core (same), on two (split), or where the scheduler likes."""
-        pin = self.args.pin
+        pin = getattr(self.args, "pin", "none")  # subclasses (bench_run, ...) have no --pin
         if pin == "none":
             return argv
         cpu = "0" if pin == "same" or side == "server" else "1"
@@ -684,7 +684,7 @@ class Runner:
             argv += ["--mtu", str(a.mtu), "--log-level", a.log_level, "--port", str(port)]
             if service == "http":
                 argv += ["--root", self.file_dir]
-            if a.busy_poll:
+            if getattr(a, "busy_poll", 0):
                 argv += ["--busy-poll", str(a.busy_poll)]
             argv += shlex.split(a.extra_args)
             self._server_log = os.path.join(self.tmp, f"usertcp-{service}.log")
@@ -733,7 +733,7 @@ class Runner:
         with open(self._server_log, "wb") as logf:
             server = self.popen(self.pinned([sys.executable, os.path.abspath(__file__), "_server",
                                              ",".join(hosts.values()), self.file_dir,
-                                             str(a.busy_poll)], "server"),
+                                             str(getattr(a, "busy_poll", 0))], "server"),
                                 srv, stdout=logf, stderr=logf)
         results: dict[int, dict] = {fam: {} for fam in a.families}
         try:
