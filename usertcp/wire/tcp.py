@@ -193,23 +193,33 @@ def build_segment(src: int, dst: int, sport: int, dport: int, seq: int, ack: int
     plen = len(payload)
     tcp_len = 20 + olen + plen
     total = 20 + tcp_len
-    hdr = _pack_packet(0x45, 0, total, ident, 0x4000, ttl, PROTO_TCP, 0, src, dst,
-                       sport, dport, seq, ack, (20 + olen) << 2, flags, window, 0, 0)
-    ip_sum = _from(hdr[:20], "big")
+    hl = (20 + olen) << 2
+    # Both checksums from the field values before packing (mod 0xFFFF a 32-bit field is
+    # congruent to the sum of its two words): one pack, no header bytes read back or re-joined.
+    ip_csum = (0xFFFF - (0x4500 + total + ident + 0x4000 + (ttl << 8) + PROTO_TCP + (src >> 16)
+                         + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)) % 0xFFFF) % 0xFFFF
     # Congruent (mod 0xFFFF) to pseudo_header_sum and never 0, so the same checksum; cheaper.
     pseudo = src + dst + PROTO_TCP + tcp_len
     if csum_offload:
         tcp_csum = pseudo % 0xFFFF
     else:
-        total_sum = pseudo + _from(hdr[20:], "big")
-        if olen:
-            total_sum += _from(options, "big")
-        if plen:
-            total_sum += reduce(_from(payload, "big") << 8 if plen & 1 else _from(payload, "big"))
-        tcp_csum = finish(total_sum)
-    hdr = b"".join((hdr[:10], finish(ip_sum).to_bytes(2, "big"), hdr[12:36],
-                    tcp_csum.to_bytes(2, "big"), hdr[38:]))
+        tcp_csum = finish(_tcp_sum(pseudo, sport, dport, seq, ack, hl, flags, window, options,
+                                   payload))
+    hdr = _pack_packet(0x45, 0, total, ident, 0x4000, ttl, PROTO_TCP, ip_csum, src, dst,
+                       sport, dport, seq, ack, hl, flags, window, tcp_csum, 0)
     return b"".join((hdr, options, payload)) if (olen or plen) else hdr
+
+
+def _tcp_sum(pseudo: int, sport: int, dport: int, seq: int, ack: int, hl: int, flags: int,
+             window: int, options, payload) -> int:
+    """The unreduced sum a TCP checksum is made from: pseudo-header, header, options, data."""
+    total = pseudo + sport + dport + seq + ack + ((hl << 8) | flags) + window
+    if options:
+        total += _from(options, "big")
+    if payload:
+        total += reduce(_from(payload, "big") << 8 if len(payload) & 1
+                        else _from(payload, "big"))
+    return total
 
 
 def _build_segment6(src, dst, sport, dport, seq, ack, flags, window, options, payload,
@@ -217,22 +227,18 @@ def _build_segment6(src, dst, sport, dport, seq, ack, flags, window, options, pa
     olen = len(options)
     plen = len(payload)
     tcp_len = 20 + olen + plen
+    hl = (20 + olen) << 2
     s = src & ADDR_MASK
     d = dst & ADDR_MASK
-    hdr = _pack_packet6(0x60000000, tcp_len, PROTO_TCP, hop_limit, s >> 64, s & _M64, d >> 64,
-                        d & _M64, sport, dport, seq, ack, (20 + olen) << 2, flags, window, 0, 0)
     # Whole addresses: 2**16 == 1 (mod 0xFFFF), so each is congruent to the sum of its words.
     pseudo = s + d + PROTO_TCP + tcp_len
     if csum_offload:
         tcp_csum = pseudo % 0xFFFF
     else:
-        total_sum = pseudo + _from(hdr[40:], "big")
-        if olen:
-            total_sum += _from(options, "big")
-        if plen:
-            total_sum += reduce(_from(payload, "big") << 8 if plen & 1 else _from(payload, "big"))
-        tcp_csum = finish(total_sum)
-    hdr = b"".join((hdr[:56], tcp_csum.to_bytes(2, "big"), hdr[58:]))
+        tcp_csum = finish(_tcp_sum(pseudo, sport, dport, seq, ack, hl, flags, window, options,
+                                   payload))
+    hdr = _pack_packet6(0x60000000, tcp_len, PROTO_TCP, hop_limit, s >> 64, s & _M64, d >> 64,
+                        d & _M64, sport, dport, seq, ack, hl, flags, window, tcp_csum, 0)
     return b"".join((hdr, options, payload)) if (olen or plen) else hdr
 
 
